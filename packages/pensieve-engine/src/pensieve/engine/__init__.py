@@ -1,0 +1,6 @@
+"""One loaded model at work: prompt rendering, batching, sampling, streaming, parsing."""
+
+from pensieve.engine.engine import Engine, EngineConfig, Generation
+from pensieve.engine.prompt import RenderedPrompt, render_prompt
+
+__all__ = ["Engine", "EngineConfig", "Generation", "RenderedPrompt", "render_prompt"]

@@ -1,0 +1,257 @@
+"""One loaded model at work: the async face of the compute thread.
+
+`Engine.generate` takes a neutral `ChatRequest` and yields neutral events; it knows nothing of
+HTTP or of either wire API. Admission control lives here too, because only the engine knows how
+many sequences its batch holds and how many wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from pensieve.engine.output import Markers, OutputParser
+from pensieve.engine.prompt import GENERIC_TOOL_END, GENERIC_TOOL_START, RenderedPrompt, render_prompt
+from pensieve.engine.sampling import make_sampler
+from pensieve.engine.scheduler import Job, Scheduler
+from pensieve.models import (
+    ChatRequest,
+    Finished,
+    GenerationEvent,
+    GenerationFailed,
+    Usage,
+)
+from pensieve.utils import PromptTooLongError, RateLimitError
+from pensieve.utils.logging import logger
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    max_concurrent_requests: int = 5
+    max_queued_requests: int = 32
+    prefill_step_size: int = 2048
+    context_policy: str = "error"
+    """`error`: a prompt over the window is a 400; `truncate`: drop the oldest turns."""
+
+
+_FINISH_TO_STOP = {"stop": "end_turn", "length": "max_tokens"}
+
+
+class Engine:
+    """Serve one model: render, tokenize, batch, decode, parse."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        context_length: int,
+        config: EngineConfig = EngineConfig(),
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.context_length = context_length
+        self.config = config
+        self._inflight = 0
+        self._scheduler = Scheduler(
+            model,
+            set(tokenizer.eos_token_ids),
+            max_batch=config.max_concurrent_requests,
+            prefill_step_size=config.prefill_step_size,
+            name=name,
+        )
+
+    # -- prompts ----------------------------------------------------------------------------
+
+    def prepare(self, request: ChatRequest) -> RenderedPrompt:
+        """Render the prompt and check it fits, truncating old turns if so configured."""
+        rendered = render_prompt(self.tokenizer, request)
+        limit = self.context_length - 1  # leave room for at least one generated token
+        while len(rendered.tokens) > limit and self.config.context_policy == "truncate":
+            shorter = _drop_oldest_turn(request)
+            if shorter is None:
+                break
+            request = shorter
+            rendered = render_prompt(self.tokenizer, request)
+        if len(rendered.tokens) > limit:
+            raise PromptTooLongError(len(rendered.tokens), self.context_length)
+        return rendered
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        return len(render_prompt(self.tokenizer, request).tokens)
+
+    # -- generation -------------------------------------------------------------------------
+
+    @property
+    def load(self) -> dict[str, int]:
+        return {"active": self._scheduler.active, "queued": self._scheduler.pending, "inflight": self._inflight}
+
+    def _admit(self) -> None:
+        capacity = self.config.max_concurrent_requests + self.config.max_queued_requests
+        if self._inflight >= capacity:
+            raise RateLimitError(
+                f"{self._inflight} requests are already running or waiting for {self.name}; "
+                "retry after a few seconds or raise performance.max_queued_requests",
+                headers={"retry-after": "2"},
+            )
+
+    def _markers(self, rendered: RenderedPrompt) -> tuple[Markers, Any]:
+        tok = self.tokenizer
+        think = (tok.think_start, tok.think_end) if getattr(tok, "has_thinking", False) else (None, None)
+        if rendered.template_tools and getattr(tok, "has_tool_calling", False):
+            tools = (tok.tool_call_start, tok.tool_call_end)
+            parser = tok.tool_parser
+        else:
+            tools, parser = (GENERIC_TOOL_START, GENERIC_TOOL_END), None
+        return Markers(think[0], think[1], tools[0], tools[1]), parser
+
+    @contextlib.asynccontextmanager
+    async def open(self, request: ChatRequest) -> AsyncIterator[Generation]:
+        """Admit and render a request; errors raised here come before any response is sent.
+
+        Leaving the block releases the request's place, and cancels its sequence if the events
+        were not read to the end (the client went away).
+        """
+        self._admit()
+        self._inflight += 1
+        try:
+            rendered = await asyncio.to_thread(self.prepare, request)
+            yield Generation(self, request, rendered)
+        finally:
+            self._inflight -= 1
+
+    async def generate(self, request: ChatRequest) -> AsyncIterator[GenerationEvent]:
+        """Admit, render and generate in one go (for callers with no HTTP response to prepare)."""
+        async with self.open(request) as generation:
+            async for event in generation.events():
+                yield event
+
+    async def warmup(self) -> float:
+        """Run short generations covering prefill and decode shapes; returns seconds taken.
+
+        MLX compiles kernels on first use (tens of seconds on CUDA, less on Metal); paying that
+        at load time keeps it off the first user's request.
+        """
+        start = time.perf_counter()
+        vocab = max(2, len(self.tokenizer.eos_token_ids) + 10)
+        for length in (8, 96):
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            job = Job(
+                prompt=[(i % vocab) + 1 for i in range(length)],
+                max_tokens=4,
+                loop=asyncio.get_running_loop(),
+                sink=lambda t, f, e, q=queue: q.put_nowait((t, f, e)),
+            )
+            self._scheduler.submit(job)
+            while (await queue.get())[1] is None:
+                pass
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self._scheduler.close()
+
+
+class Generation:
+    """One admitted, rendered request; `events()` runs it on the compute thread."""
+
+    def __init__(self, engine: Engine, request: ChatRequest, rendered: RenderedPrompt) -> None:
+        self.engine = engine
+        self.request = request
+        self.rendered = rendered
+
+    @property
+    def input_tokens(self) -> int:
+        return len(self.rendered.tokens)
+
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        request, rendered = self.request, self.rendered
+        prompt = rendered.tokens
+        max_tokens = max(1, min(request.max_tokens, self.engine.context_length - len(prompt)))
+        queue: asyncio.Queue[tuple[int | None, str | None, BaseException | None]] = asyncio.Queue()
+        job = Job(
+            prompt=prompt,
+            max_tokens=max_tokens,
+            loop=asyncio.get_running_loop(),
+            sink=lambda t, f, e: queue.put_nowait((t, f, e)),
+            sampler=make_sampler(request.sampling),
+        )
+        markers, tool_parser = self.engine._markers(rendered)
+        parser = OutputParser(
+            stop=request.stop,
+            markers=markers,
+            parse_tools=bool(request.tools) and request.tool_choice != "none",
+            tool_parser=tool_parser,
+            tools=[t.model_dump() for t in request.tools],
+            show_thinking=request.thinking,
+            start_in_thinking=bool(markers.think_start) and rendered.text.rstrip().endswith(markers.think_start or "\0"),
+        )
+        detok = copy.copy(self.engine.tokenizer.detokenizer)
+        detok.reset()
+        produced = 0
+        finish: str | None = None
+        self.engine._scheduler.submit(job)
+        try:
+            while finish is None:
+                token, finish, error = await queue.get()
+                if error is not None or finish == "error":
+                    logger.opt(exception=error).error("generation failed for {}", request.request_id)
+                    yield GenerationFailed(f"generation failed: {error}. Retry the request; if it persists, check the server log.")
+                    return
+                if token is not None:
+                    produced += 1
+                    detok.add_token(token)
+                    for event in parser.feed(detok.last_segment):
+                        yield event
+                if parser.stopped or (parser.tool_calls and not request.parallel_tool_calls):
+                    finish = finish or "parsed"
+            detok.finalize()
+            for event in [*parser.feed(detok.last_segment), *parser.finish()]:
+                yield event
+            yield Finished(
+                stop_reason=_stop_reason(finish, parser),
+                stop_sequence=parser.stop_sequence,
+                usage=Usage(input_tokens=len(prompt), output_tokens=produced),
+                timings=_timings(job),
+            )
+        finally:
+            if job.uid is None or job.final_tokens is None:
+                self.engine._scheduler.cancel(job)
+
+
+def _stop_reason(finish: str | None, parser: OutputParser) -> str:
+    if parser.stop_sequence is not None:
+        return "stop_sequence"
+    if parser.tool_calls:
+        return "tool_use"
+    return _FINISH_TO_STOP.get(finish or "", "end_turn")
+
+
+def _timings(job: Job) -> dict[str, float]:
+    end = time.perf_counter()
+    started = job.started_at or end
+    first = job.first_token_at or end
+    return {
+        "queue_s": started - job.enqueued_at,
+        "prefill_s": first - started,
+        "decode_s": end - first,
+        "total_s": end - job.enqueued_at,
+    }
+
+
+def _drop_oldest_turn(request: ChatRequest) -> ChatRequest | None:
+    """Drop the oldest turn that is neither the system prompt nor the last user turn."""
+    messages = list(request.messages)
+    first = 1 if messages and messages[0].role == "system" else 0
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages) - 1)
+    if first >= last_user:
+        return None
+    del messages[first]
+    return request.model_copy(update={"messages": messages})
+

@@ -1,0 +1,189 @@
+"""Split a model's streamed text into answer text, reasoning and tool calls.
+
+Decoded text arrives a few characters at a time, so a stop sequence or a marker such as
+`<tool_call>` can straddle two pieces. The parser holds back exactly the tail that could still
+turn into one, which is why clients never see a partial stop sequence or a half-written
+tool-call marker, and emits everything else at once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pensieve.models import TextDelta, ThinkingDelta, ToolCall, ToolCallEvent
+
+ToolParser = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Markers:
+    """The model family's markers; None where the family has no such thing."""
+
+    think_start: str | None = None
+    think_end: str | None = None
+    tool_start: str | None = None
+    tool_end: str | None = None
+
+
+def _held_tail(text: str, needles: list[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of some needle."""
+    best = 0
+    for needle in needles:
+        for n in range(min(len(needle) - 1, len(text)), best, -1):
+            if text.endswith(needle[:n]):
+                best = n
+                break
+    return best
+
+
+def new_tool_call_id() -> str:
+    return "toolu_" + uuid.uuid4().hex[:24]
+
+
+def _parse_call(raw: str, parser: ToolParser | None, tools: Any) -> list[ToolCall]:
+    """Parse one call's text; a family parser first, then the generic JSON format."""
+    parsed: Any = None
+    if parser is not None:
+        try:
+            parsed = parser(raw, tools)
+        except Exception:  # family parsers raise on anything unexpected; fall back below
+            parsed = None
+    if parsed is None:
+        try:
+            parsed = json.loads(raw.strip())
+        except json.JSONDecodeError:
+            return []
+    items = parsed if isinstance(parsed, list) else [parsed]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        fn = item.get("function") if isinstance(item.get("function"), dict) else item
+        name = fn.get("name")
+        args = fn.get("arguments", fn.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                args = {"_raw": args}
+        if isinstance(name, str) and isinstance(args, dict):
+            calls.append(ToolCall(id=new_tool_call_id(), name=name, arguments=args))
+    return calls
+
+
+class OutputParser:
+    """Feed decoded text; get TextDelta / ThinkingDelta / ToolCallEvent back."""
+
+    def __init__(
+        self,
+        *,
+        stop: list[str] | None = None,
+        markers: Markers = Markers(),
+        parse_tools: bool = False,
+        tool_parser: ToolParser | None = None,
+        tools: Any = None,
+        show_thinking: bool = False,
+        start_in_thinking: bool = False,
+    ) -> None:
+        self._stop = [s for s in (stop or []) if s]
+        self._m = markers
+        self._parse_tools = parse_tools and bool(markers.tool_start and markers.tool_end)
+        self._tool_parser = tool_parser
+        self._tools = tools
+        self._show_thinking = show_thinking
+        self._state = "thinking" if start_in_thinking and markers.think_end else "text"
+        self._buf = ""
+        self._strip_leading = False
+        self.stop_sequence: str | None = None
+        self.stopped = False
+        self.tool_calls = 0
+
+    def _needles(self) -> list[str]:
+        if self._state == "thinking":
+            return [self._m.think_end] if self._m.think_end else []
+        if self._state == "tool":
+            return [self._m.tool_end] if self._m.tool_end else []
+        needles = list(self._stop)
+        if self._m.think_start:
+            needles.append(self._m.think_start)
+        if self._parse_tools and self._m.tool_start:
+            needles.append(self._m.tool_start)
+        return needles
+
+    def _emit(self, out: list, text: str) -> None:
+        if self._strip_leading:
+            text = text.lstrip()
+            self._strip_leading = not text
+        if not text:
+            return
+        if self._state == "thinking":
+            if self._show_thinking:
+                out.append(ThinkingDelta(text))
+        else:
+            out.append(TextDelta(text))
+
+    def feed(self, text: str) -> list[Any]:
+        out: list[Any] = []
+        if self.stopped:
+            return out
+        self._buf += text
+        while self._buf and not self.stopped:
+            needles = self._needles()
+            hits = [(self._buf.find(n), n) for n in needles if n and n in self._buf]
+            if not hits:
+                if self._state == "tool":
+                    return out  # a tool call is emitted whole, never as text
+                keep = _held_tail(self._buf, needles)
+                ready, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
+                self._emit(out, ready)
+                return out
+            pos, needle = min(hits)
+            before, self._buf = self._buf[:pos], self._buf[pos + len(needle) :]
+            self._on_marker(out, before, needle)
+        return out
+
+    def _on_marker(self, out: list, before: str, needle: str) -> None:
+        if self._state == "tool":
+            self._finish_call(out, before)
+            self._state = "text"
+            self._strip_leading = True
+        elif self._state == "thinking":
+            self._emit(out, before)
+            self._state = "text"
+            self._strip_leading = True
+        elif needle in self._stop:
+            self._emit(out, before)
+            self.stop_sequence = needle
+            self.stopped = True
+        elif needle == self._m.think_start:
+            self._emit(out, before)
+            self._state = "thinking"
+        else:
+            self._emit(out, before.rstrip())
+            self._state = "tool"
+
+    def _finish_call(self, out: list, raw: str) -> None:
+        calls = _parse_call(raw, self._tool_parser, self._tools)
+        if not calls:  # unparseable: show what the model wrote rather than lose it
+            self._state = "text"
+            self._emit(out, f"{self._m.tool_start}{raw}{self._m.tool_end}")
+            return
+        for call in calls:
+            out.append(ToolCallEvent(call))
+        self.tool_calls += len(calls)
+
+    def finish(self) -> list[Any]:
+        """End of generation: flush what was held back; an unterminated tool call is parsed as is."""
+        out: list[Any] = []
+        if self.stopped:
+            return out
+        rest, self._buf = self._buf, ""
+        if self._state == "tool":
+            self._finish_call(out, rest)
+        else:
+            self._emit(out, rest)
+        return out

@@ -1,0 +1,158 @@
+"""Turn a neutral chat request into the model's prompt tokens with its own chat template.
+
+Templates differ in what they accept: many reject a system turn after the first message, and
+many know nothing of tools. Rather than failing on what real clients send (Claude Code puts
+`system` turns mid-conversation and sends two dozen tools), this module normalizes the
+conversation first and, for templates without tool support, renders tools in the generic
+`<tool_call>` format documented in docs/api.md, which `pensieve.engine.output` parses back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pensieve.models import ChatMessage, ChatRequest, ToolSpec
+from pensieve.utils import InvalidRequestError
+
+GENERIC_TOOL_START = "<tool_call>"
+GENERIC_TOOL_END = "</tool_call>"
+
+_GENERIC_TOOL_PREAMBLE = """# Tools
+
+You may call one or more functions to help with the user's request. The functions are \
+described by these JSON signatures:
+<tools>
+{tools}
+</tools>
+
+To call a function, reply with one JSON object per call inside tags, and nothing after them:
+<tool_call>
+{{"name": "<function-name>", "arguments": {{<arguments as a JSON object>}}}}
+</tool_call>"""
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedPrompt:
+    text: str
+    tokens: list[int]
+    template_tools: bool
+    """Whether the model's template rendered the tools itself (else the generic format did)."""
+
+
+def template_supports_tools(tokenizer: Any) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):
+        template = " ".join(str(t) for t in template.values())
+    return "tools" in template
+
+
+def _tool_json(tool: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        },
+    }
+
+
+def _generic_call_text(msg: ChatMessage) -> str:
+    calls = "\n".join(
+        f"{GENERIC_TOOL_START}\n{json.dumps({'name': c.name, 'arguments': c.arguments})}\n{GENERIC_TOOL_END}"
+        for c in msg.tool_calls
+    )
+    return "\n".join(part for part in (msg.content, calls) if part)
+
+
+def _fold_system_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """Keep one leading system turn; later system turns become bracketed notes on a user turn.
+
+    Claude Code's mid-conversation system messages are reminders addressed to the model. A user
+    turn is where every template accepts arbitrary text, so the note joins the next user turn
+    (or becomes one at the end).
+    """
+    out: list[ChatMessage] = []
+    pending: list[str] = []
+    for i, msg in enumerate(messages):
+        if msg.role == "system" and i == 0:
+            out.append(msg)
+        elif msg.role == "system":
+            pending.append(msg.content)
+        elif msg.role == "user" and pending:
+            notes = "\n\n".join(f"[System note] {p}" for p in pending)
+            out.append(msg.model_copy(update={"content": f"{notes}\n\n{msg.content}".strip()}))
+            pending = []
+        else:
+            out.append(msg)
+    if pending:
+        out.append(ChatMessage(role="user", content="\n\n".join(f"[System note] {p}" for p in pending)))
+    return out
+
+
+def _template_messages(request: ChatRequest, native_tools: bool) -> list[dict[str, Any]]:
+    messages = _fold_system_turns(request.messages)
+    if request.tools and not native_tools and request.tool_choice != "none":
+        preamble = _GENERIC_TOOL_PREAMBLE.format(
+            tools="\n".join(json.dumps(_tool_json(t)) for t in request.tools)
+        )
+        if messages and messages[0].role == "system":
+            messages[0] = messages[0].model_copy(update={"content": f"{messages[0].content}\n\n{preamble}"})
+        else:
+            messages.insert(0, ChatMessage(role="system", content=preamble))
+
+    rendered: list[dict[str, Any]] = []
+    for msg in messages:
+        if msg.role == "assistant" and msg.tool_calls and not native_tools:
+            rendered.append({"role": "assistant", "content": _generic_call_text(msg)})
+        elif msg.role == "assistant" and msg.tool_calls:
+            rendered.append(
+                {
+                    "role": "assistant",
+                    "content": msg.content,
+                    "tool_calls": [
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        for c in msg.tool_calls
+                    ],
+                }
+            )
+        elif msg.role == "tool" and not native_tools:
+            text = f"<tool_response>\n{msg.content}\n</tool_response>"
+            if rendered and rendered[-1]["role"] == "user" and rendered[-1]["content"].startswith("<tool_response>"):
+                rendered[-1]["content"] += "\n" + text
+            else:
+                rendered.append({"role": "user", "content": text})
+        elif msg.role == "tool":
+            rendered.append({"role": "tool", "content": msg.content, "tool_call_id": msg.tool_call_id, "name": msg.name})
+        else:
+            rendered.append({"role": msg.role, "content": msg.content})
+    return rendered
+
+
+def render_prompt(tokenizer: Any, request: ChatRequest) -> RenderedPrompt:
+    """Render and tokenize; the token count is what count_tokens and usage report."""
+    if not request.messages:
+        raise InvalidRequestError("messages: at least one message is required", param="messages")
+    native_tools = bool(request.tools) and template_supports_tools(tokenizer)
+    messages = _template_messages(request, native_tools)
+    kwargs: dict[str, Any] = {"add_generation_prompt": messages[-1]["role"] != "assistant"}
+    if native_tools and request.tool_choice != "none":
+        kwargs["tools"] = [_tool_json(t) for t in request.tools]
+    if not kwargs["add_generation_prompt"]:
+        kwargs["continue_final_message"] = True
+    if getattr(tokenizer, "has_thinking", False):
+        kwargs["enable_thinking"] = request.thinking
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as exc:  # jinja raises anything: TemplateError, TypeError, ...
+        raise InvalidRequestError(
+            f"the model's chat template rejected this conversation: {exc}. "
+            "Check the order of roles (user and assistant turns should alternate)."
+        ) from exc
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not tokens or tokens[0] != bos):
+        tokens = [bos, *tokens]
+    return RenderedPrompt(text=text, tokens=tokens, template_tools=native_tools)

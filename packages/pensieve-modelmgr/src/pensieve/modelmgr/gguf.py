@@ -1,0 +1,272 @@
+"""Load llama-family GGUF files (llama.cpp's format) with MLX's own GGUF reader.
+
+MLX already parses GGUF and keeps Q4_0, Q4_1 and Q8_0 tensors packed as its affine quantization,
+so a GGUF file can run without re-quantizing or an extra copy on disk. What MLX does not do is
+turn llama.cpp's tensor names and metadata into an mlx-lm model, nor build a tokenizer; that is
+this module's job (the tokenizer lives in ``gguf_tokenizer``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.llama import Model, ModelArgs
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+from mlx_lm.utils import save_config, save_model
+
+from pensieve.utils import ModelLoadError
+from pensieve.utils.logging import logger
+
+# Every GGUF quantization MLX keeps packed (Q4_0, Q4_1, Q8_0) uses blocks of 32 weights.
+_GROUP_SIZE = 32
+
+# llama.cpp names the tensors of the whole model and of each block ("blk.N.") differently from
+# the Hugging Face names that mlx-lm's llama model uses.
+_MODEL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_BLOCK_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+# general.file_type values whose tensors MLX keeps as stored: F32, F16, Q4_0, Q4_1, Q8_0. Others
+# it can read (Q4_K, Q6_K, Q2_K, BF16) it silently expands to float16.
+_KEPT_FILE_TYPES = {0, 1, 2, 3, 7}
+# Llama 3.1+ files store their RoPE scaling as per-frequency factors instead of metadata.
+_ROPE_FREQS = "rope_freqs.weight"
+
+
+class GGUFError(ModelLoadError):
+    """A GGUF file cannot be used; the message says why and what to do instead.
+
+    Being a ModelLoadError, it reaches the user as written (CLI, API error body) instead of as
+    MLX's terse C++ message.
+    """
+
+
+def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
+    """Read the tensors and metadata, turning MLX's errors into advice a user can act on."""
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFError(f"GGUF file not found: {path}. Check the path or download the model again.")
+    try:
+        # The explicit format lets files without a .gguf suffix (blobs in a cache) load too.
+        return mx.load(str(path), format="gguf", return_metadata=True)
+    except (RuntimeError, ValueError) as exc:
+        raise GGUFError(_explain_read_failure(path, exc)) from exc
+
+
+def _explain_read_failure(path: Path, exc: Exception) -> str:
+    reason = str(exc)
+    if "gguf_tensor_to_f16" in reason:
+        return (
+            f"{path.name} uses a quantization MLX cannot read (for example Q5_K, Q3_K, Q5_0 or "
+            "an IQ type). Download the Q4_0, Q4_1, Q8_0 or F16 variant, or an MLX model, instead."
+        )
+    if "past the end of the file" in reason or "gguf_init failed" in reason:
+        return (
+            f"{path} is truncated or not a GGUF file ({path.stat().st_size} bytes); "
+            f"the download was probably interrupted. Download it again. (MLX said: {reason})"
+        )
+    return f"Could not read the GGUF file {path}: {reason}"
+
+
+def gguf_model_config(
+    metadata: Mapping[str, Any], weights: Mapping[str, mx.array] | None = None
+) -> dict[str, Any]:
+    """Translate GGUF metadata into the config.json that mlx-lm's llama model expects.
+
+    Whether embeddings are tied, how the weights are quantized and the Llama 3 RoPE scaling are
+    not in the metadata but in the tensors, so they are only filled in when ``weights`` (as
+    returned by ``read_gguf``) are given.
+    """
+    arch = metadata.get("general.architecture")
+    if arch != "llama":
+        raise GGUFError(
+            f"GGUF architecture {arch!r} is not supported: only llama-family models (Llama, "
+            "SmolLM, Mistral, TinyLlama) load from GGUF. Use an MLX model of it instead."
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        value = metadata.get(f"{arch}.{key}", default)
+        if value is None:
+            raise GGUFError(f"The GGUF metadata lacks {arch}.{key}; the file is incomplete.")
+        if isinstance(value, mx.array) and value.dtype == mx.float32:
+            return float(str(np.float32(value.item())))  # 1e-05, not 9.999999747378752e-06
+        return value.item() if isinstance(value, mx.array) else value
+
+    heads = get("attention.head_count")
+    head_dim = get("attention.key_length", get("embedding_length") // heads)
+    if get("rope.dimension_count", head_dim) != head_dim:
+        raise GGUFError("This GGUF model rotates only part of each head, which MLX's llama lacks.")
+    config: dict[str, Any] = {
+        "model_type": "llama",
+        "hidden_size": get("embedding_length"),
+        "num_hidden_layers": get("block_count"),
+        "intermediate_size": get("feed_forward_length"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": get("attention.head_count_kv", heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
+        "vocab_size": get("vocab_size", len(metadata.get("tokenizer.ggml.tokens", ())) or None),
+        "rope_theta": get("rope.freq_base", 10000.0),
+        "max_position_embeddings": get("context_length"),
+        # llama.cpp permutes the q/k rows so rotary pairs are adjacent, which is exactly MLX's
+        # "traditional" RoPE; un-permuting quantized rows instead would mean unpacking them.
+        "rope_traditional": True,
+    }
+    if get("rope.scaling.type", "none") == "linear":
+        config["rope_scaling"] = {"type": "linear", "factor": get("rope.scaling.factor")}
+    if weights is not None:
+        config["tie_word_embeddings"] = "output.weight" not in weights
+        if _ROPE_FREQS in weights:
+            config["rope_scaling"] = _llama3_rope_scaling(weights[_ROPE_FREQS], config)
+        if quantization := _quantization(weights):
+            config["quantization"] = quantization
+    return config
+
+
+def _llama3_rope_scaling(factors: mx.array, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Recover the llama3 rope_scaling that llama.cpp's converter baked into ``rope_freqs``.
+
+    The converter only stores the resulting factors, so assume Llama 3.1's published parameters
+    and check that they reproduce every factor rather than run with a silently wrong RoPE.
+    """
+    scaling = {
+        "rope_type": "llama3",
+        "factor": max(factors.tolist()),
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    old_context = scaling["original_max_position_embeddings"]
+    low, high, factor = scaling["low_freq_factor"], scaling["high_freq_factor"], scaling["factor"]
+    dim = config["head_dim"]
+    expected = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * config["rope_theta"] ** (i / dim)
+        if wavelen < old_context / high:
+            expected.append(1.0)
+        elif wavelen > old_context / low:
+            expected.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            expected.append(1 / ((1 - smooth) / factor + smooth))
+    if not all(math.isclose(a, b, rel_tol=1e-3) for a, b in zip(factors.tolist(), expected)):
+        raise GGUFError("This GGUF file uses a RoPE scaling that is not Llama 3's; it can't load.")
+    return scaling
+
+
+def _quantization(weights: Mapping[str, mx.array]) -> dict[str, Any] | None:
+    """Describe the packed tensors in mlx-lm's terms: a default plus per-module exceptions.
+
+    GGUF files mix bit widths (the embedding is often 8-bit while the rest is 4-bit); mlx-lm
+    reads a module path key in ``quantization`` as that module's own settings.
+    """
+    bits: dict[str, int] = {}
+    for name, scales in weights.items():
+        if name.endswith(".scales"):
+            stem = name.removesuffix(".scales")
+            # Each group of 32 weights packs into 32 * bits / 32 = bits uint32 words.
+            bits[_mlx_name(stem)] = weights[f"{stem}.weight"].shape[-1] // scales.shape[-1]
+    if not bits:
+        return None
+    default = Counter(bits.values()).most_common(1)[0][0]
+    quantization: dict[str, Any] = {"group_size": _GROUP_SIZE, "bits": default, "mode": "affine"}
+    for module, module_bits in sorted(bits.items()):
+        if module_bits != default:
+            quantization[module] = {"group_size": _GROUP_SIZE, "bits": module_bits, "mode": "affine"}
+    return quantization
+
+
+def _mlx_name(gguf_name: str) -> str:
+    """Map a llama.cpp tensor name (without its .weight/.scales suffix) to mlx-lm's."""
+    if gguf_name.startswith("blk."):
+        _, layer, part = gguf_name.split(".", 2)
+        if part in _BLOCK_NAMES:
+            return f"model.layers.{layer}.{_BLOCK_NAMES[part]}"
+    elif gguf_name in _MODEL_NAMES:
+        return _MODEL_NAMES[gguf_name]
+    raise GGUFError(
+        f"Unexpected tensor {gguf_name!r}: this llama variant is not supported from GGUF. "
+        "Use an MLX model of it instead."
+    )
+
+
+def _mlx_weights(weights: Mapping[str, mx.array]) -> dict[str, mx.array]:
+    renamed = {}
+    for name, value in weights.items():
+        if name != _ROPE_FREQS:  # already folded into the config's rope_scaling
+            stem, _, kind = name.rpartition(".")
+            renamed[f"{_mlx_name(stem)}.{kind}"] = value
+    return renamed
+
+
+def load_gguf(path: str | Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, Any]]:
+    """Load a GGUF file as a ready mlx-lm model, its tokenizer and its mlx-lm config.
+
+    The config can be saved next to the weights (``save_mlx_folder``) to get an ordinary MLX
+    model folder, so a GGUF download only needs converting once.
+    """
+    # Imported here because gguf_tokenizer imports GGUFError from this module.
+    from pensieve.modelmgr.gguf_tokenizer import tokenizer_wrapper_from_gguf
+
+    weights, metadata = read_gguf(path)
+    file_type = metadata.get("general.file_type")
+    if file_type is not None and file_type.item() not in _KEPT_FILE_TYPES:
+        logger.warning(
+            "{}: MLX expands this GGUF quantization (file type {}) to float16, so it takes "
+            "several times its file size in memory; a Q4_0/Q8_0 GGUF or an MLX model is smaller",
+            Path(path).name,
+            file_type.item(),
+        )
+    config = gguf_model_config(metadata, weights)
+    tokenizer = tokenizer_wrapper_from_gguf(metadata)
+    # mlx_lm.load reads the stop tokens from the config, so keep them for save_mlx_folder.
+    config["eos_token_id"] = sorted(tokenizer.eos_token_ids)
+
+    model = Model(ModelArgs.from_dict(config))
+    weights = _mlx_weights(weights)
+    if quantization := config.get("quantization"):
+
+        def settings(module_path: str, module: nn.Module) -> bool | dict[str, Any]:
+            if module_path in quantization:
+                return quantization[module_path]
+            return f"{module_path}.scales" in weights
+
+        nn.quantize(
+            model, group_size=_GROUP_SIZE, bits=quantization["bits"], class_predicate=settings
+        )
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as exc:
+        raise GGUFError(f"The GGUF tensors do not fit a llama model: {exc}") from exc
+    model.eval()
+    mx.eval(model.parameters())
+    return model, tokenizer, config
+
+
+def save_mlx_folder(
+    model: nn.Module, tokenizer: TokenizerWrapper, config: dict[str, Any], out_dir: Path
+) -> None:
+    """Write a model folder that ``mlx_lm.load`` opens like any converted MLX model.
+
+    mlx-lm's own writers are used so sharding, the weight index and the config layout stay
+    whatever mlx-lm expects.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(out_dir, model)
+    save_config(dict(config), out_dir / "config.json")  # save_config edits the dict it gets
+    tokenizer.save_pretrained(out_dir)

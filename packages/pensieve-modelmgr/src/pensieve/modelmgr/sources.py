@@ -1,0 +1,67 @@
+"""Where a model comes from: turn what a user typed into a concrete, loadable source.
+
+Paths are honoured only from the operator (command line, config file); a name arriving in an
+HTTP request can reach the embedded model, configured models and the model store, never an
+arbitrary file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pensieve.modelmgr.embedded import EMBEDDED_NAME, embedded_model_path
+from pensieve.utils import NotFoundError
+
+SourceKind = Literal["embedded", "gguf", "mlx"]
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    name: str
+    """The name the model is served under (what /v1/models lists)."""
+    kind: SourceKind
+    path: Path
+
+
+def store_dirname(name: str) -> str:
+    """`org/repo` is stored as `org--repo`, as the Hugging Face cache does."""
+    return name.replace("/", "--")
+
+
+def _from_path(path: Path, name: str | None = None) -> ModelSource:
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return ModelSource(name or path.stem, "gguf", path)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return ModelSource(name or path.name, "mlx", path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource(name or path.name, "gguf", ggufs[0])
+    raise NotFoundError(
+        f"{path} is neither a .gguf file nor a model folder with config.json; "
+        "point --model at one, or run `pensieve models list` to see what is available"
+    )
+
+
+def resolve_source(spec: str, store: Path, *, allow_paths: bool) -> ModelSource:
+    """Resolve a model spec: the embedded name, a store entry, or (operator only) a path."""
+    if spec == EMBEDDED_NAME:
+        return ModelSource(EMBEDDED_NAME, "embedded", embedded_model_path())
+    if allow_paths:
+        candidate = Path(spec).expanduser()
+        if candidate.exists():
+            return _from_path(candidate.resolve())
+    if _SAFE_NAME.match(spec) and ".." not in spec:
+        entry = store / store_dirname(spec)
+        if entry.exists():
+            return _from_path(entry, name=spec)
+    raise NotFoundError(
+        f"model '{spec}' was not found: it is not the embedded model ({EMBEDDED_NAME}) "
+        "nor in the model store. Run `pensieve models list`, or `pensieve models pull <repo>` "
+        "to fetch it"
+    )

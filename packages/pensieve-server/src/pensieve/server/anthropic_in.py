@@ -1,0 +1,167 @@
+"""Anthropic Messages request -> the neutral ChatRequest.
+
+Decisions a reader would otherwise have to reverse-engineer:
+- Claude Code's first system block is a billing line (`x-anthropic-billing-header: …`), not an
+  instruction; it is dropped, since it wastes tokens and, changing per request, would sit at the
+  very front of the prompt and defeat the prefix cache.
+- Images and documents cannot be read by the text models served here. In the newest user turn
+  they are a 400 (the user is asking about them); in older turns they become a short placeholder
+  so a long conversation that once carried a screenshot keeps working. Plain-text documents are
+  read as text.
+- Server tools (`web_search_…` and other typed tools) cannot run locally and are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pensieve.models import ChatMessage, ChatRequest, SamplingParams, ToolCall, ToolSpec
+from pensieve.models import anthropic as wire
+from pensieve.utils import InvalidRequestError
+
+BILLING_PREFIX = "x-anthropic-billing-header"
+DEFAULT_TEMPERATURE = 1.0
+"""Anthropic's documented default; SDKs from 2.x no longer send sampling fields at all."""
+
+
+def _system_text(system: str | list[wire.SystemBlock] | None) -> str:
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        return system
+    return "\n\n".join(b.text for b in system if not b.text.startswith(BILLING_PREFIX))
+
+
+def _block_text(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif block.get("type") in ("image", "document"):
+            parts.append(f"[{block['type']} omitted: this model cannot read it]")
+    return "\n".join(parts)
+
+
+def _unreadable(block: Any, latest: bool) -> str:
+    kind = block.type
+    if isinstance(block, wire.DocumentBlock) and block.source.get("type") == "text":
+        return str(block.source.get("data", ""))
+    if latest:
+        raise InvalidRequestError(
+            f"this model cannot read {kind}s: it is a text-only model. Remove the {kind} block, "
+            "or serve a model that accepts them",
+            param="messages",
+        )
+    return f"[{kind} omitted: this model cannot read it]"
+
+
+def _user_turn(msg: wire.Message, latest: bool, tool_names: dict[str, str]) -> list[ChatMessage]:
+    if isinstance(msg.content, str):
+        return [ChatMessage(role="user", content=msg.content)]
+    out: list[ChatMessage] = []
+    texts: list[str] = []
+    for block in msg.content:
+        if isinstance(block, wire.TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, (wire.ImageBlock, wire.DocumentBlock)):
+            texts.append(_unreadable(block, latest))
+        elif isinstance(block, wire.ToolResultBlock):
+            text = _block_text(block.content)
+            out.append(
+                ChatMessage(
+                    role="tool",
+                    content=f"Error: {text}" if block.is_error else text,
+                    tool_call_id=block.tool_use_id,
+                    name=tool_names.get(block.tool_use_id),
+                )
+            )
+    if texts:
+        out.append(ChatMessage(role="user", content="\n\n".join(texts)))
+    return out
+
+
+def _assistant_turn(msg: wire.Message, tool_names: dict[str, str]) -> ChatMessage:
+    if isinstance(msg.content, str):
+        return ChatMessage(role="assistant", content=msg.content)
+    texts, calls, reasoning = [], [], []
+    for block in msg.content:
+        if isinstance(block, wire.TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, wire.ToolUseBlock):
+            tool_names[block.id] = block.name
+            calls.append(ToolCall(id=block.id, name=block.name, arguments=block.input))
+        elif isinstance(block, wire.ThinkingBlock):
+            reasoning.append(block.thinking)
+    return ChatMessage(
+        role="assistant", content="".join(texts), tool_calls=calls, reasoning="".join(reasoning) or None
+    )
+
+
+def to_messages(system: Any, messages: list[wire.Message]) -> list[ChatMessage]:
+    out: list[ChatMessage] = []
+    if text := _system_text(system):
+        out.append(ChatMessage(role="system", content=text))
+    tool_names: dict[str, str] = {}
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    for i, msg in enumerate(messages):
+        if msg.role == "system":
+            text = msg.content if isinstance(msg.content, str) else _block_text([b.model_dump() for b in msg.content])
+            out.append(ChatMessage(role="system", content=text))
+        elif msg.role == "user":
+            out.extend(_user_turn(msg, i == last_user, tool_names))
+        else:
+            out.append(_assistant_turn(msg, tool_names))
+    if not any(m.role != "system" for m in out):
+        raise InvalidRequestError("messages: at least one user message is required", param="messages")
+    return out
+
+
+def to_tools(tools: list[wire.Tool] | None) -> list[ToolSpec]:
+    specs = []
+    for tool in tools or []:
+        if tool.type not in (None, "custom"):
+            continue  # a server tool (web search, code execution, …): cannot run locally
+        specs.append(
+            ToolSpec(name=tool.name, description=tool.description or "", parameters=tool.input_schema or {"type": "object"})
+        )
+    return specs
+
+
+def to_tool_choice(choice: wire.ToolChoice | None) -> tuple[str, bool]:
+    if choice is None:
+        return "auto", True
+    selected = choice.name if choice.type == "tool" and choice.name else choice.type
+    if choice.type == "tool" and not choice.name:
+        raise InvalidRequestError("tool_choice.name is required when tool_choice.type is 'tool'", param="tool_choice.name")
+    return selected, not choice.disable_parallel_tool_use
+
+
+def to_chat_request(req: wire.MessagesRequest, request_id: str = "") -> ChatRequest:
+    choice, parallel = to_tool_choice(req.tool_choice)
+    return ChatRequest(
+        model=req.model,
+        messages=to_messages(req.system, req.messages),
+        max_tokens=req.max_tokens,
+        sampling=SamplingParams(
+            temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=req.top_k or 0,
+        ),
+        stop=req.stop_sequences or [],
+        tools=to_tools(req.tools),
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+        thinking=req.thinking is not None and req.thinking.type != "disabled",
+        request_id=request_id,
+    )
+
+
+def count_request(req: wire.CountTokensRequest) -> ChatRequest:
+    """A count_tokens body as a ChatRequest; max_tokens does not affect the prompt."""
+    full = wire.MessagesRequest.model_validate({**req.model_dump(exclude_none=True), "max_tokens": 1})
+    return to_chat_request(full)
+

@@ -1,0 +1,33 @@
+"""What the server needs from the layers below, as protocols, so each side tests alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from pensieve.models import ChatRequest, GenerationEvent
+
+
+class EngineLike(Protocol):
+    name: str
+    context_length: int
+
+    def generate(self, request: ChatRequest) -> AsyncIterator[GenerationEvent]: ...
+
+    def count_tokens(self, request: ChatRequest) -> int: ...
+
+
+class ModelProvider(Protocol):
+    default_name: str
+
+    def resolve_name(self, requested: str | None) -> str: ...
+
+    async def engine(self, requested: str | None) -> EngineLike: ...
+
+    def status(self) -> list[dict[str, Any]]: ...
+
+    def memory(self) -> dict[str, int]: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,57 @@
+"""Where Pensieve keeps its files, per operating system.
+
+`PENSIEVE_HOME` moves everything under one folder, which tests and side-by-side installs use to
+stay out of the user's real directories.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+APP = "pensieve"
+
+
+def _home_override() -> Path | None:
+    value = os.environ.get("PENSIEVE_HOME")
+    return Path(value).expanduser() if value else None
+
+
+def config_dir() -> Path:
+    """The folder searched for `pensieve.toml` when no `--config` or `PENSIEVE_CONFIG` is given."""
+    if (home := _home_override()) is not None:
+        return home / "config"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / APP
+
+
+def state_dir() -> Path:
+    """PID file and other runtime state."""
+    if (home := _home_override()) is not None:
+        return home / "state"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP / "state"
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / APP
+
+
+def log_dir() -> Path:
+    if (home := _home_override()) is not None:
+        return home / "logs"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Logs" / APP
+    return state_dir() / "logs"
+
+
+def model_store_dir() -> Path:
+    """Models pulled or converted by Pensieve; nothing outside it is reachable by request name."""
+    if (home := _home_override()) is not None:
+        return home / "models"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP / "models"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / APP / "models"
+
+
+def default_config_file() -> Path:
+    return config_dir() / "pensieve.toml"
