@@ -14,6 +14,7 @@ import mlx_lm
 import pytest
 import sentencepiece as spm
 from mlx_lm.generate import generate, generate_step
+from mlx_lm.models.llama import Model, ModelArgs
 from mlx_lm.sample_utils import make_sampler
 
 from pensieve.modelmgr.gguf import (
@@ -166,7 +167,9 @@ def test_sentencepiece_vocabulary_matches_sentencepiece() -> None:
     )
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     ids = range(sp.get_piece_size())
-    kinds = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in ids]
+    kinds = [
+        2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in ids
+    ]
     metadata = {
         "tokenizer.ggml.model": "llama",
         "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in ids],
@@ -241,7 +244,9 @@ def test_config_reads_tying_and_mixed_quantization_from_the_tensors() -> None:
         "mode": "affine",
         "model.embed_tokens": {"group_size": 32, "bits": 8, "mode": "affine"},
     }
-    assert "quantization" not in gguf_model_config(LLAMA_METADATA, {"output_norm.weight": mx.ones(64)})
+    assert "quantization" not in gguf_model_config(
+        LLAMA_METADATA, {"output_norm.weight": mx.ones(64)}
+    )
 
 
 def _llama3_rope_factors(factor: float, base: float, dim: int) -> mx.array:
@@ -264,6 +269,7 @@ def test_llama3_rope_scaling_is_recovered_from_rope_freqs() -> None:
     config = gguf_model_config(LLAMA_METADATA, {"rope_freqs.weight": factors})
     assert config["rope_scaling"]["rope_type"] == "llama3"
     assert config["rope_scaling"]["factor"] == 32.0
+    Model(ModelArgs.from_dict(config))  # mlx-lm accepts the recovered scaling
     with pytest.raises(GGUFError, match="RoPE"):
         gguf_model_config(LLAMA_METADATA, {"rope_freqs.weight": factors * 1.5})
 

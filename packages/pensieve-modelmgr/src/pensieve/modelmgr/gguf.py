@@ -29,7 +29,11 @@ _GROUP_SIZE = 32
 
 # llama.cpp names the tensors of the whole model and of each block ("blk.N.") differently from
 # the Hugging Face names that mlx-lm's llama model uses.
-_MODEL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_MODEL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
 _BLOCK_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
@@ -144,15 +148,8 @@ def _llama3_rope_scaling(factors: mx.array, config: Mapping[str, Any]) -> dict[s
     The converter only stores the resulting factors, so assume Llama 3.1's published parameters
     and check that they reproduce every factor rather than run with a silently wrong RoPE.
     """
-    scaling = {
-        "rope_type": "llama3",
-        "factor": max(factors.tolist()),
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
-    old_context = scaling["original_max_position_embeddings"]
-    low, high, factor = scaling["low_freq_factor"], scaling["high_freq_factor"], scaling["factor"]
+    actual = factors.tolist()
+    factor, low, high, old_context = max(actual), 1.0, 4.0, 8192
     dim = config["head_dim"]
     expected = []
     for i in range(0, dim, 2):
@@ -164,9 +161,17 @@ def _llama3_rope_scaling(factors: mx.array, config: Mapping[str, Any]) -> dict[s
         else:
             smooth = (old_context / wavelen - low) / (high - low)
             expected.append(1 / ((1 - smooth) / factor + smooth))
-    if not all(math.isclose(a, b, rel_tol=1e-3) for a, b in zip(factors.tolist(), expected)):
+    if len(actual) != len(expected) or not all(
+        math.isclose(a, b, rel_tol=1e-3) for a, b in zip(actual, expected, strict=True)
+    ):
         raise GGUFError("This GGUF file uses a RoPE scaling that is not Llama 3's; it can't load.")
-    return scaling
+    return {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": old_context,
+    }
 
 
 def _quantization(weights: Mapping[str, mx.array]) -> dict[str, Any] | None:
@@ -187,7 +192,11 @@ def _quantization(weights: Mapping[str, mx.array]) -> dict[str, Any] | None:
     quantization: dict[str, Any] = {"group_size": _GROUP_SIZE, "bits": default, "mode": "affine"}
     for module, module_bits in sorted(bits.items()):
         if module_bits != default:
-            quantization[module] = {"group_size": _GROUP_SIZE, "bits": module_bits, "mode": "affine"}
+            quantization[module] = {
+                "group_size": _GROUP_SIZE,
+                "bits": module_bits,
+                "mode": "affine",
+            }
     return quantization
 
 

@@ -64,8 +64,8 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any]) -> PreTrainedTokenizerFast:
             f"GGUF tokenizer type {kind!r} is not supported (only 'gpt2' and 'llama' are). "
             "Use an MLX model of it instead."
         )
-    # Control tokens must never come out of ordinary text, and are hidden when decoding with
-    # skip_special_tokens; user-defined ones are plain words matched before the BPE runs.
+    # Both kinds are matched whole before the BPE runs, as llama.cpp does; only control tokens
+    # are special, so skip_special_tokens hides them while user-defined words stay visible.
     backend.add_special_tokens(
         [_added(tokens[i], special=True) for i, t in enumerate(types) if t in (_CONTROL, _UNKNOWN)]
     )
@@ -152,7 +152,7 @@ def _sentencepiece_bpe(
     scores = _as_list(metadata.get("tokenizer.ggml.scores", [0.0] * len(tokens)))
     vocab = _vocab(tokens)
     ranked: list[tuple[float, str, str]] = []
-    for piece, score, kind in zip(tokens, scores, types):
+    for piece, score, kind in zip(tokens, scores, types, strict=True):
         if kind == _NORMAL:
             for cut in range(1, len(piece)):
                 left, right = piece[:cut], piece[cut:]

@@ -1,0 +1,80 @@
+"""Random-weight models of real architectures, written as ordinary MLX model folders.
+
+They are honest for speed, memory and protocol tests (every forward pass, cache and kernel is
+the real one) and say nothing about quality. They use the embedded model's tokenizer, so token
+counts of real prompts match what the embedded model would see.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.utils import save_config, save_model
+
+from pensieve.modelmgr.embedded import embedded_model_path
+from pensieve.modelmgr.gguf import read_gguf
+from pensieve.modelmgr.gguf_tokenizer import tokenizer_wrapper_from_gguf
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-llama": {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 32768,
+    },
+    # Phi-3-mini's shape (3.8B); the vocabulary is the embedded tokenizer's.
+    "phi3-mini": {
+        "model_type": "phi3",
+        "hidden_size": 3072,
+        "num_hidden_layers": 32,
+        "intermediate_size": 8192,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 4096,
+    },
+}
+
+
+def make_random_model(
+    out_dir: Path,
+    preset: str = "tiny-llama",
+    *,
+    seed: int = 0,
+    bits: int | None = None,
+    group_size: int = 64,
+    context_length: int | None = None,
+    dtype: mx.Dtype = mx.float32,
+) -> Path:
+    """Write `out_dir` (config.json, weights, tokenizer) and return it."""
+    tokenizer = tokenizer_wrapper_from_gguf(read_gguf(embedded_model_path())[1])
+    config = dict(PRESETS[preset])
+    config["vocab_size"] = len(tokenizer.get_vocab())
+    config["eos_token_id"] = sorted(tokenizer.eos_token_ids)
+    if context_length:
+        config["max_position_embeddings"] = context_length
+    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    mx.random.seed(seed)
+    model = module.Model(module.ModelArgs.from_dict(config))
+    model.set_dtype(dtype)
+    if bits:
+        nn.quantize(model, group_size=group_size, bits=bits)
+        config["quantization"] = {"group_size": group_size, "bits": bits}
+    mx.eval(model.parameters())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(out_dir, model)
+    save_config(config, out_dir / "config.json")
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
