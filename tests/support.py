@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import json
-import urllib.error
-import urllib.request
 from aiohttp import web
 
 from pensieve.modelmgr import ModelPool

@@ -11,13 +11,18 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pensieve.engine.output import Markers, OutputParser
-from pensieve.engine.prompt import GENERIC_TOOL_END, GENERIC_TOOL_START, RenderedPrompt, render_prompt
-from pensieve.engine.sampling import make_sampler
+from pensieve.engine.prompt import (
+    GENERIC_TOOL_END,
+    GENERIC_TOOL_START,
+    RenderedPrompt,
+    render_prompt,
+)
+from pensieve.engine.sampling import Sampler, make_sampler
 from pensieve.engine.scheduler import Job, Scheduler
 from pensieve.models import (
     ChatRequest,
@@ -60,6 +65,9 @@ class Engine:
         self.context_length = context_length
         self.config = config
         self._inflight = 0
+        self.sampler_for: Callable[[ChatRequest], Sampler | None] = lambda r: make_sampler(r.sampling)
+        """Builds each request's sampler; replaceable so a test can force the output tokens
+        while every forward pass, parse and encode stays real."""
         self._scheduler = Scheduler(
             model,
             set(tokenizer.eos_token_ids),
@@ -180,7 +188,7 @@ class Generation:
             max_tokens=max_tokens,
             loop=asyncio.get_running_loop(),
             sink=lambda t, f, e: queue.put_nowait((t, f, e)),
-            sampler=make_sampler(request.sampling),
+            sampler=self.engine.sampler_for(request),
         )
         markers, tool_parser = self.engine._markers(rendered)
         parser = OutputParser(
