@@ -133,6 +133,8 @@ def _template_messages(request: ChatRequest, native_tools: bool) -> list[dict[st
 
 def render_prompt(tokenizer: Any, request: ChatRequest) -> RenderedPrompt:
     """Render and tokenize; the token count is what count_tokens and usage report."""
+    if request.raw_prompt is not None:
+        return _tokenize(tokenizer, request.raw_prompt, template_tools=False)
     if not request.messages:
         raise InvalidRequestError("messages: at least one message is required", param="messages")
     native_tools = bool(request.tools) and template_supports_tools(tokenizer)
@@ -151,8 +153,14 @@ def render_prompt(tokenizer: Any, request: ChatRequest) -> RenderedPrompt:
             f"the model's chat template rejected this conversation: {exc}. "
             "Check the order of roles (user and assistant turns should alternate)."
         ) from exc
+    return _tokenize(tokenizer, text, template_tools=native_tools)
+
+
+def _tokenize(tokenizer: Any, text: str, *, template_tools: bool) -> RenderedPrompt:
     tokens = tokenizer.encode(text, add_special_tokens=False)
     bos = getattr(tokenizer, "bos_token_id", None)
     if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not tokens or tokens[0] != bos):
         tokens = [bos, *tokens]
-    return RenderedPrompt(text=text, tokens=tokens, template_tools=native_tools)
+    if not tokens:
+        raise InvalidRequestError("prompt: the prompt is empty; send some text", param="prompt")
+    return RenderedPrompt(text=text, tokens=tokens, template_tools=template_tools)

@@ -65,6 +65,9 @@ class ChatRequest(BaseModel):
     parallel_tool_calls: bool = True
     thinking: bool = False
     request_id: str = ""
+    raw_prompt: str | None = None
+    """Plain text completion (OpenAI /v1/completions): this text is tokenized as the whole prompt,
+    with no chat template, and `messages` is ignored."""
 
 
 @dataclass(frozen=True, slots=True)
