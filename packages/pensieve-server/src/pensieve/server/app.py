@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from pensieve.server import anthropic_routes, system_routes
+from pensieve.server import anthropic_routes, openai_routes, system_routes
 from pensieve.server.keys import PRELOAD, PROVIDER, SETTINGS, STARTED_AT
 from pensieve.server.middleware import (
     auth_middleware,
@@ -39,6 +39,7 @@ def create_app(settings: Settings, provider: ModelProvider) -> web.Application:
     app[STARTED_AT] = time.time()
     app.add_routes(system_routes.routes)
     app.add_routes(anthropic_routes.routes)
+    app.add_routes(openai_routes.routes)
     app.cleanup_ctx.append(_provider_lifecycle)
     return app
 
