@@ -275,8 +275,8 @@ def test_llama3_rope_scaling_is_recovered_from_rope_freqs() -> None:
 
 
 def test_unknown_architecture_is_named() -> None:
-    with pytest.raises(GGUFError, match="qwen2"):
-        gguf_model_config({**LLAMA_METADATA, "general.architecture": "qwen2"})
+    with pytest.raises(GGUFError, match="'gemma3' is not supported"):
+        gguf_model_config({**LLAMA_METADATA, "general.architecture": "gemma3"})
 
 
 # --- unreadable files --------------------------------------------------------------------------
@@ -314,13 +314,15 @@ def _write_gguf(path: Path, tensor_type: int, block_bytes: int, block_weights: i
     path.write_bytes(header + bytes(4 * block_bytes))
 
 
-@pytest.mark.parametrize(("name", "ggml_type", "block_bytes"), [("Q5_K", 13, 176), ("Q5_0", 6, 22)])
+@pytest.mark.parametrize(
+    ("name", "ggml_type", "block_bytes"), [("Q5_K", 13, 176), ("Q5_0", 6, 22), ("MXFP4", 39, 17)]
+)
 def test_unsupported_quantization_suggests_another_file(
     tmp_path: Path, name: str, ggml_type: int, block_bytes: int
 ) -> None:
     path = tmp_path / f"model.{name}.gguf"
     _write_gguf(path, ggml_type, block_bytes, 256 if name.endswith("K") else 32)
-    with pytest.raises(GGUFError, match="quantization MLX cannot read.*Q4_0, Q4_1, Q8_0"):
+    with pytest.raises(GGUFError, match=f"quantization {name}, which MLX cannot read.*Q4_0, Q4_1, Q8_0"):
         read_gguf(path)
 
 

@@ -1,13 +1,15 @@
-"""Load llama-family GGUF files (llama.cpp's format) with MLX's own GGUF reader.
+"""Load GGUF files (llama.cpp's format) of llama, Qwen2 and Phi-3 models with MLX's reader.
 
 MLX already parses GGUF and keeps Q4_0, Q4_1 and Q8_0 tensors packed as its affine quantization,
 so a GGUF file can run without re-quantizing or an extra copy on disk. What MLX does not do is
 turn llama.cpp's tensor names and metadata into an mlx-lm model, nor build a tokenizer; that is
-this module's job (the tokenizer lives in ``gguf_tokenizer``).
+this module's job (per-architecture names live in ``gguf_arch``, the tokenizer in
+``gguf_tokenizer``).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -17,54 +19,38 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.models.llama import Model, ModelArgs
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import save_config, save_model
 
-from pensieve.utils import ModelLoadError
+from pensieve.modelmgr.gguf_arch import (
+    ROPE_TENSORS,
+    Architecture,
+    architecture,
+    longrope_scaling,
+    mlx_name,
+)
+from pensieve.modelmgr.gguf_header import GGUFError, read_gguf_header
 from pensieve.utils.logging import logger
+
+__all__ = ["GGUFError", "gguf_model_config", "load_gguf", "read_gguf", "save_mlx_folder"]
 
 # Every GGUF quantization MLX keeps packed (Q4_0, Q4_1, Q8_0) uses blocks of 32 weights.
 _GROUP_SIZE = 32
 
-# llama.cpp names the tensors of the whole model and of each block ("blk.N.") differently from
-# the Hugging Face names that mlx-lm's llama model uses.
-_MODEL_NAMES = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-}
-_BLOCK_NAMES = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
 # general.file_type values whose tensors MLX keeps as stored: F32, F16, Q4_0, Q4_1, Q8_0. Others
 # it can read (Q4_K, Q6_K, Q2_K, BF16) it silently expands to float16.
 _KEPT_FILE_TYPES = {0, 1, 2, 3, 7}
-# Llama 3.1+ files store their RoPE scaling as per-frequency factors instead of metadata.
-_ROPE_FREQS = "rope_freqs.weight"
-
-
-class GGUFError(ModelLoadError):
-    """A GGUF file cannot be used; the message says why and what to do instead.
-
-    Being a ModelLoadError, it reaches the user as written (CLI, API error body) instead of as
-    MLX's terse C++ message.
-    """
+_ROPE_FREQS = ROPE_TENSORS[0]
 
 
 def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
-    """Read the tensors and metadata, turning MLX's errors into advice a user can act on."""
+    """Read the tensors and metadata, turning MLX's errors into advice a user can act on.
+
+    The header is checked first: MLX fails on most quantization types without naming them,
+    silently drops some, and reports a truncated file only as an offset past the end.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise GGUFError(f"GGUF file not found: {path}. Check the path or download the model again.")
+    read_gguf_header(path).check_loadable()
     try:
         # The explicit format lets files without a .gguf suffix (blobs in a cache) load too.
         return mx.load(str(path), format="gguf", return_metadata=True)
@@ -90,54 +76,56 @@ def _explain_read_failure(path: Path, exc: Exception) -> str:
 def gguf_model_config(
     metadata: Mapping[str, Any], weights: Mapping[str, mx.array] | None = None
 ) -> dict[str, Any]:
-    """Translate GGUF metadata into the config.json that mlx-lm's llama model expects.
+    """Translate GGUF metadata into the config.json that mlx-lm's model class expects.
 
-    Whether embeddings are tied, how the weights are quantized and the Llama 3 RoPE scaling are
-    not in the metadata but in the tensors, so they are only filled in when ``weights`` (as
-    returned by ``read_gguf``) are given.
+    Whether embeddings are tied, the vocabulary size (files may pad it past the token list),
+    how the weights are quantized and RoPE scaling factors are not in the metadata but in the
+    tensors, so they are only filled in when ``weights`` (as returned by ``read_gguf``) are
+    given. Metadata values may be MLX arrays (``read_gguf``) or plain Python values (the header
+    reader).
     """
-    arch = metadata.get("general.architecture")
-    if arch != "llama":
-        raise GGUFError(
-            f"GGUF architecture {arch!r} is not supported: only llama-family models (Llama, "
-            "SmolLM, Mistral, TinyLlama) load from GGUF. Use an MLX model of it instead."
-        )
+    arch = architecture(metadata)
 
     def get(key: str, default: Any = None) -> Any:
-        value = metadata.get(f"{arch}.{key}", default)
+        value = metadata.get(f"{arch.gguf_name}.{key}", default)
         if value is None:
-            raise GGUFError(f"The GGUF metadata lacks {arch}.{key}; the file is incomplete.")
+            raise GGUFError(f"The GGUF metadata lacks {arch.gguf_name}.{key}; the file is incomplete.")
         if isinstance(value, mx.array) and value.dtype == mx.float32:
             return float(str(np.float32(value.item())))  # 1e-05, not 9.999999747378752e-06
         return value.item() if isinstance(value, mx.array) else value
 
     heads = get("attention.head_count")
     head_dim = get("attention.key_length", get("embedding_length") // heads)
-    if get("rope.dimension_count", head_dim) != head_dim:
+    if get("rope.dimension_count", head_dim) != head_dim and arch.gguf_name != "phi3":
         raise GGUFError("This GGUF model rotates only part of each head, which MLX's llama lacks.")
+    tokens = metadata.get("tokenizer.ggml.tokens", ())
     config: dict[str, Any] = {
-        "model_type": "llama",
+        "model_type": arch.model_type,
         "hidden_size": get("embedding_length"),
         "num_hidden_layers": get("block_count"),
         "intermediate_size": get("feed_forward_length"),
         "num_attention_heads": heads,
         "num_key_value_heads": get("attention.head_count_kv", heads),
-        "head_dim": head_dim,
         "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
-        "vocab_size": get("vocab_size", len(metadata.get("tokenizer.ggml.tokens", ())) or None),
+        "vocab_size": get("vocab_size", len(tokens) or None),
         "rope_theta": get("rope.freq_base", 10000.0),
         "max_position_embeddings": get("context_length"),
-        # llama.cpp permutes the q/k rows so rotary pairs are adjacent, which is exactly MLX's
-        # "traditional" RoPE; un-permuting quantized rows instead would mean unpacking them.
-        "rope_traditional": True,
+        **arch.extra_config(get, head_dim),
     }
-    if get("rope.scaling.type", "none") == "linear":
+    scaling = get("rope.scaling.type", "none")
+    if scaling == "linear":
         config["rope_scaling"] = {"type": "linear", "factor": get("rope.scaling.factor")}
+    elif scaling not in ("none", "longrope"):  # longrope: Phi-3's factor tensors, below
+        raise GGUFError(f"This GGUF file uses {scaling} RoPE scaling, which Pensieve cannot map.")
     if weights is not None:
         config["tie_word_embeddings"] = "output.weight" not in weights
+        if "token_embd.weight" in weights:
+            config["vocab_size"] = weights["token_embd.weight"].shape[0]
         if _ROPE_FREQS in weights:
             config["rope_scaling"] = _llama3_rope_scaling(weights[_ROPE_FREQS], config)
-        if quantization := _quantization(weights):
+        if longrope := longrope_scaling(weights):
+            config["rope_scaling"] = longrope
+        if quantization := _quantization(arch, weights):
             config["quantization"] = quantization
     return config
 
@@ -150,7 +138,7 @@ def _llama3_rope_scaling(factors: mx.array, config: Mapping[str, Any]) -> dict[s
     """
     actual = factors.tolist()
     factor, low, high, old_context = max(actual), 1.0, 4.0, 8192
-    dim = config["head_dim"]
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     expected = []
     for i in range(0, dim, 2):
         wavelen = 2 * math.pi * config["rope_theta"] ** (i / dim)
@@ -174,7 +162,7 @@ def _llama3_rope_scaling(factors: mx.array, config: Mapping[str, Any]) -> dict[s
     }
 
 
-def _quantization(weights: Mapping[str, mx.array]) -> dict[str, Any] | None:
+def _quantization(arch: Architecture, weights: Mapping[str, mx.array]) -> dict[str, Any] | None:
     """Describe the packed tensors in mlx-lm's terms: a default plus per-module exceptions.
 
     GGUF files mix bit widths (the embedding is often 8-bit while the rest is 4-bit); mlx-lm
@@ -185,7 +173,7 @@ def _quantization(weights: Mapping[str, mx.array]) -> dict[str, Any] | None:
         if name.endswith(".scales"):
             stem = name.removesuffix(".scales")
             # Each group of 32 weights packs into 32 * bits / 32 = bits uint32 words.
-            bits[_mlx_name(stem)] = weights[f"{stem}.weight"].shape[-1] // scales.shape[-1]
+            bits[mlx_name(arch, stem)] = weights[f"{stem}.weight"].shape[-1] // scales.shape[-1]
     if not bits:
         return None
     default = Counter(bits.values()).most_common(1)[0][0]
@@ -200,26 +188,12 @@ def _quantization(weights: Mapping[str, mx.array]) -> dict[str, Any] | None:
     return quantization
 
 
-def _mlx_name(gguf_name: str) -> str:
-    """Map a llama.cpp tensor name (without its .weight/.scales suffix) to mlx-lm's."""
-    if gguf_name.startswith("blk."):
-        _, layer, part = gguf_name.split(".", 2)
-        if part in _BLOCK_NAMES:
-            return f"model.layers.{layer}.{_BLOCK_NAMES[part]}"
-    elif gguf_name in _MODEL_NAMES:
-        return _MODEL_NAMES[gguf_name]
-    raise GGUFError(
-        f"Unexpected tensor {gguf_name!r}: this llama variant is not supported from GGUF. "
-        "Use an MLX model of it instead."
-    )
-
-
-def _mlx_weights(weights: Mapping[str, mx.array]) -> dict[str, mx.array]:
+def _mlx_weights(arch: Architecture, weights: Mapping[str, mx.array]) -> dict[str, mx.array]:
     renamed = {}
     for name, value in weights.items():
-        if name != _ROPE_FREQS:  # already folded into the config's rope_scaling
+        if name not in ROPE_TENSORS:  # already folded into the config's rope_scaling
             stem, _, kind = name.rpartition(".")
-            renamed[f"{_mlx_name(stem)}.{kind}"] = value
+            renamed[f"{mlx_name(arch, stem)}.{kind}"] = value
     return renamed
 
 
@@ -241,13 +215,15 @@ def load_gguf(path: str | Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, 
             Path(path).name,
             file_type.item(),
         )
+    arch = architecture(metadata)
     config = gguf_model_config(metadata, weights)
     tokenizer = tokenizer_wrapper_from_gguf(metadata)
     # mlx_lm.load reads the stop tokens from the config, so keep them for save_mlx_folder.
     config["eos_token_id"] = sorted(tokenizer.eos_token_ids)
 
-    model = Model(ModelArgs.from_dict(config))
-    weights = _mlx_weights(weights)
+    module = importlib.import_module(f"mlx_lm.models.{arch.model_type}")
+    model = module.Model(module.ModelArgs.from_dict(config))
+    weights = _mlx_weights(arch, weights)
     if quantization := config.get("quantization"):
 
         def settings(module_path: str, module: nn.Module) -> bool | dict[str, Any]:
@@ -261,7 +237,7 @@ def load_gguf(path: str | Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, 
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as exc:
-        raise GGUFError(f"The GGUF tensors do not fit a llama model: {exc}") from exc
+        raise GGUFError(f"The GGUF tensors do not fit a {arch.gguf_name} model: {exc}") from exc
     model.eval()
     mx.eval(model.parameters())
     return model, tokenizer, config
