@@ -1,19 +1,37 @@
 """OpenAI chat completions and (legacy) completions wire types.
 
 Like the Anthropic types, validation is lenient about what a local server can ignore (unknown
-top-level fields such as `store`, `metadata`, `service_tier`, `user`; unknown content-part
-kinds) and strict about what it acts on, so a wrong type is a 400 that names the field rather
-than a silent default. Which *values* are supported (n=1, text responses, no logprobs) is
-decided by the server, not here, so that the 400 can say why and what to do instead.
+top-level fields such as `store`, `metadata`, `service_tier`, `user`) and strict about what it
+acts on, so a wrong type is a 400 that names the field rather than a silent default. Which
+*values* are supported (n=1, text responses, no logprobs) is decided by the server, not here,
+so that the 400 can say why and what to do instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _listed(what: str, wrap: Callable[[str], Any] = lambda s: s) -> BeforeValidator:
+    """Accept one string where OpenAI allows "a string or a list", as a one-item list.
+
+    One shape downstream, and no pydantic union: a union's errors carry member names in their
+    location (`stop.str`), while here a bad value is reported against the field itself.
+    """
+
+    def validate(value: Any) -> Any:
+        if value is None or isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [wrap(value)]
+        raise ValueError(f"must be {what}")
+
+    return BeforeValidator(validate)
 
 
 class _Lenient(BaseModel):
@@ -36,25 +54,8 @@ class MediaPart(_Lenient):
     type: Literal["image_url", "input_audio", "file"]
 
 
-class OtherPart(_Lenient):
-    type: str
-
-
-_PART_TAGS = {"text": "text", "refusal": "refusal", "image_url": "media", "input_audio": "media", "file": "media"}
-
-
-def _part_tag(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return _PART_TAGS.get(kind, "other") if isinstance(kind, str) else "other"
-
-
-ContentPart = Annotated[
-    Annotated[TextPart, Tag("text")]
-    | Annotated[RefusalPart, Tag("refusal")]
-    | Annotated[MediaPart, Tag("media")]
-    | Annotated[OtherPart, Tag("other")],
-    Discriminator(_part_tag),
-]
+ContentPart = Annotated[TextPart | RefusalPart | MediaPart, Field(discriminator="type")]
+"""An unknown part type is a 400, as on OpenAI's own API."""
 
 
 class FunctionCall(_Lenient):
@@ -73,7 +74,10 @@ class Message(_Lenient):
     """One message of any role; which fields a role needs is checked when translating."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Annotated[
+        list[ContentPart] | None,
+        _listed("a string or a list of content parts", lambda s: {"type": "text", "text": s}),
+    ] = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -96,7 +100,7 @@ class FunctionName(_Lenient):
 
 
 class NamedToolChoice(_Lenient):
-    type: Literal["function"]
+    type: Literal["function"] = "function"
     function: FunctionName
 
 
@@ -105,12 +109,17 @@ class AllowedTools(_Lenient):
     tools: list[NamedToolChoice]
 
 
-class AllowedToolsChoice(_Lenient):
-    type: Literal["allowed_tools"]
-    allowed_tools: AllowedTools
+def _choice_object(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
 
 
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
+class ToolChoice(_Lenient):
+    """`"none"`, `"auto"`, `"required"`, a named function or `allowed_tools`, as one object:
+    the strings become `{"type": …}` so a bad value is reported as `tool_choice.type`."""
+
+    type: Literal["none", "auto", "required", "function", "allowed_tools"]
+    function: FunctionName | None = None
+    allowed_tools: AllowedTools | None = None
 
 
 class ResponseFormat(_Lenient):
@@ -128,7 +137,7 @@ class _Sampling(_Lenient):
     model: str = ""
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Annotated[list[str] | None, _listed("a string or a list of strings")] = None
     n: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stream: bool | None = False
@@ -140,7 +149,7 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Tool] | None = None
-    tool_choice: ToolChoice | None = None
+    tool_choice: Annotated[ToolChoice | None, BeforeValidator(_choice_object)] = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
@@ -150,7 +159,8 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Annotated[list[Any], _listed("a string or a list of one string")]
+    """Also token ids on OpenAI's side (a list of ints, or of lists); refused by the server."""
     max_tokens: int | None = Field(16, ge=1)
     """16 is OpenAI's documented default for this endpoint."""
     echo: bool | None = False

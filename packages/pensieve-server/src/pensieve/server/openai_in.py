@@ -91,11 +91,9 @@ def _media(part: wire.MediaPart, latest: bool, param: str) -> str:
     return f"[{kind} omitted: this model cannot read it]"
 
 
-def _text(content: str | list[Any] | None, latest: bool, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
+def _text(content: list[wire.ContentPart] | None, latest: bool, param: str) -> str:
     texts = []
-    for i, part in enumerate(content):
+    for i, part in enumerate(content or []):
         if isinstance(part, wire.TextPart):
             texts.append(part.text)
         elif isinstance(part, wire.RefusalPart):
@@ -156,15 +154,18 @@ def _known(name: str, tools: list[ToolSpec], param: str) -> str:
 
 def to_tool_choice(choice: wire.ToolChoice | None, tools: list[ToolSpec]) -> tuple[str, list[ToolSpec]]:
     """The neutral choice ("auto", "none", "any" or a tool name) and the tools offered."""
-    if choice is None or choice in ("auto", "none"):
-        return choice or "auto", tools
+    if choice is None or choice.type in ("auto", "none"):
+        return choice.type if choice else "auto", tools
     if not tools:
         raise _refuse("tool_choice", "a tool choice other than 'auto' or 'none' needs `tools`")
-    if choice == "required":
+    if choice.type == "required":
         return "any", tools
-    if isinstance(choice, wire.NamedToolChoice):
+    if choice.type == "function":
+        if choice.function is None:
+            raise _refuse("tool_choice.function", "required when tool_choice.type is 'function'")
         return _known(choice.function.name, tools, "tool_choice.function.name"), tools
-    assert isinstance(choice, wire.AllowedToolsChoice)
+    if choice.allowed_tools is None:
+        raise _refuse("tool_choice.allowed_tools", "required when tool_choice.type is 'allowed_tools'")
     allowed = {
         _known(t.function.name, tools, f"tool_choice.allowed_tools.tools.{i}.function.name")
         for i, t in enumerate(choice.allowed_tools.tools)
@@ -181,10 +182,6 @@ def _sampling(body: wire.ChatCompletionRequest | wire.CompletionRequest) -> Samp
     )
 
 
-def _stop(stop: str | list[str] | None) -> list[str]:
-    return [stop] if isinstance(stop, str) else list(stop or [])
-
-
 def to_chat_request(body: wire.ChatCompletionRequest, request_id: str, context_length: int) -> ChatRequest:
     choice, tools = to_tool_choice(body.tool_choice, to_tools(body.tools))
     return ChatRequest(
@@ -192,7 +189,7 @@ def to_chat_request(body: wire.ChatCompletionRequest, request_id: str, context_l
         messages=to_messages(body.messages),
         max_tokens=body.max_completion_tokens or body.max_tokens or context_length,
         sampling=_sampling(body),
-        stop=_stop(body.stop),
+        stop=body.stop or [],
         tools=tools,
         tool_choice=choice,
         parallel_tool_calls=body.parallel_tool_calls is not False,
@@ -200,14 +197,12 @@ def to_chat_request(body: wire.ChatCompletionRequest, request_id: str, context_l
     )
 
 
-def prompt_text(prompt: str | list[str] | list[int] | list[list[int]]) -> str:
-    """The one text prompt of a completions request."""
-    if isinstance(prompt, str):
-        return prompt
-    if not prompt:
-        raise _refuse("prompt", "is empty; send the prompt as a string")
+def prompt_text(prompt: list[Any]) -> str:
+    """The one text prompt of a completions request (a string arrives as a one-item list)."""
     if len(prompt) == 1 and isinstance(prompt[0], str):
         return prompt[0]
+    if not prompt:
+        raise _refuse("prompt", "is empty; send the prompt as a string")
     if all(isinstance(p, str) for p in prompt):
         raise _refuse("prompt", f"got {len(prompt)} prompts; send one prompt per request")
     raise _refuse("prompt", "token-id prompts are not supported; send the prompt as text")
@@ -220,6 +215,6 @@ def to_completion_request(body: wire.CompletionRequest, request_id: str) -> Chat
         raw_prompt=prompt_text(body.prompt),
         max_tokens=body.max_tokens or 16,
         sampling=_sampling(body),
-        stop=_stop(body.stop),
+        stop=body.stop or [],
         request_id=request_id,
     )
