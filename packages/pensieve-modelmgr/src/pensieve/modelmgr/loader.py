@@ -1,20 +1,25 @@
-"""Load a resolved source into an mlx-lm model and tokenizer, the same shape for every format."""
+"""Load a resolved source into an mlx-lm model and tokenizer, the same shape for every format.
+
+Every source is checked from its headers first (``facts``), so a truncated file, a missing
+tokenizer or an architecture mlx-lm does not know is refused with a message that says what to
+do, and whatever still fails inside mlx-lm or MLX is wrapped into a ModelLoadError naming the
+model, never a bare traceback.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pensieve.modelmgr.facts import context_length_of, model_facts
 from pensieve.modelmgr.gguf import load_gguf
 from pensieve.modelmgr.sources import ModelSource
 from pensieve.utils import ModelLoadError
 from pensieve.utils.logging import logger
 
-_CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length", "context_length")
-_DEFAULT_CONTEXT = 4096
+__all__ = ["LoadedModel", "context_length_of", "load_source"]
 
 
 @dataclass(slots=True)
@@ -28,27 +33,15 @@ class LoadedModel:
     weight_bytes: int
 
 
-def context_length_of(config: dict[str, Any]) -> int:
-    for key in _CONTEXT_KEYS:
-        value = config.get(key) or config.get("text_config", {}).get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    return _DEFAULT_CONTEXT
-
-
 def _load_mlx_folder(path: Path) -> tuple[Any, Any, dict[str, Any]]:
     from mlx_lm.utils import load
 
     try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}/config.json is unreadable ({exc}); re-download or re-convert the model") from exc
-    try:
-        model, tokenizer = load(str(path))
+        model, tokenizer, config = load(str(path), return_config=True)
     except ValueError as exc:
         raise ModelLoadError(
-            f"mlx-lm cannot load {path}: {exc}. Check that model_type '{config.get('model_type')}' "
-            "is supported by your mlx-lm version (pip install -U mlx-lm)"
+            f"mlx-lm cannot load {path}: {exc}. Check the config matches the weights, or "
+            "re-download or re-convert the model"
         ) from exc
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path} is incomplete: {exc}. Re-download or re-convert the model") from exc
@@ -59,12 +52,15 @@ def load_source(source: ModelSource) -> LoadedModel:
     """Blocking load; call it off the event loop."""
     start = time.perf_counter()
     try:
+        model_facts(source)  # the checks that give clear errors
         if source.kind in ("embedded", "gguf"):
             model, tokenizer, config = load_gguf(source.path)
         else:
             model, tokenizer, config = _load_mlx_folder(source.path)
-    except ModelLoadError:
-        raise
+    except ModelLoadError as exc:
+        if source.name in exc.message:
+            raise
+        raise ModelLoadError(f"could not load model '{source.name}': {exc.message}") from exc
     except Exception as exc:
         raise ModelLoadError(f"could not load model '{source.name}' from {source.path}: {exc}") from exc
     weight_bytes = sum(v.nbytes for _, v in _flat_parameters(model))

@@ -1,24 +1,37 @@
 """The pool of loaded models, handing out engines by request model name.
 
 A request's `model` goes through the alias table (glob patterns, so `claude-*` can map every
-Claude name Claude Code sends), then to a served model. Loading happens once per model even when
-many requests ask at the same time: they all await the same task.
+Claude name Claude Code sends), then to a served model: the default, the embedded model, or a
+model store entry. Loading happens once per model even when many requests ask at the same time:
+they all await the same task.
+
+Memory is planned, not discovered: before a load the model's estimate (``estimate``) must fit
+the budget next to what is already loaded; idle models are unloaded, least recently used first,
+to make room, and a model that cannot fit even alone is refused with the reason. With
+`keep_alive_s` set, a model idle that long is unloaded and comes back on its next request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+
 from pensieve.engine import Engine, EngineConfig
-from pensieve.metal import memory_stats
+from pensieve.metal import memory_budget_bytes, memory_stats
+from pensieve.modelmgr.catalog import describe_source, servable
+from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
+from pensieve.modelmgr.facts import ModelFacts, model_facts, source_signature
 from pensieve.modelmgr.loader import LoadedModel, load_source
 from pensieve.modelmgr.sources import ModelSource, resolve_source
-from pensieve.utils import NotFoundError, Settings
+from pensieve.modelmgr.store import ModelStore
+from pensieve.utils import ModelLoadError, NotFoundError, OverloadedError, PensieveError, Settings
 from pensieve.utils.logging import logger
 from pensieve.utils.paths import model_store_dir
 
@@ -30,6 +43,10 @@ class ServedModel:
     loaded: LoadedModel | None = None
     loading: asyncio.Task[Engine] | None = None
     error: str | None = None
+    error_signature: tuple[Any, ...] | None = None
+    """The files as they were when loading failed: the same files fail the same way."""
+    estimate: MemoryEstimate | None = None
+    """Memory reserved in the budget, from the start of a load until the unload."""
     last_used: float = 0.0
     warmup_seconds: float = 0.0
 
@@ -41,16 +58,25 @@ class ServedModel:
             return "loading"
         return "error" if self.error else "available"
 
+    @property
+    def busy(self) -> bool:
+        return self.engine is not None and any(self.engine.load.values())
+
 
 class ModelPool:
-    """Resolve names, load on demand (or at start), and keep engines."""
+    """Resolve names, load on demand (or at start) within the memory budget, keep engines."""
 
-    def __init__(self, settings: Settings, *, store: Path | None = None) -> None:
+    def __init__(self, settings: Settings, *, store: Path | ModelStore | None = None) -> None:
         self.settings = settings
-        self.store = store or model_store_dir()
+        self.store = store if isinstance(store, ModelStore) else ModelStore(store or model_store_dir())
         default = resolve_source(settings.model.default, self.store, allow_paths=True)
         self.default_name = default.name
+        self.budget_bytes = memory_budget_bytes(
+            settings.model.memory_budget_fraction, settings.model.memory_budget_gb
+        )
         self._models: dict[str, ServedModel] = {default.name: ServedModel(default)}
+        self._admission = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
 
     @property
     def engine_config(self) -> EngineConfig:
@@ -59,21 +85,29 @@ class ModelPool:
             max_concurrent_requests=perf.max_concurrent_requests,
             max_queued_requests=perf.max_queued_requests,
             prefill_step_size=perf.prefill_step_size,
+            prefix_cache_bytes=int(perf.prefix_cache_mb * 1024 * 1024),
             context_policy=self.settings.model.context_policy,
         )
 
+    # -- names ------------------------------------------------------------------------------
+
     def resolve_name(self, requested: str | None) -> str:
-        """Request model name -> served model name, through aliases; NotFoundError if none."""
+        """Request model name -> served model name, through aliases; NotFoundError if none.
+
+        Alias targets come from the operator's settings, so they may be paths; the request's own
+        name only ever reaches the embedded model and the model store.
+        """
         if not requested:
             return self.default_name
-        for pattern, target in self.settings.model.aliases.items():
+        target, from_alias = requested, False
+        for pattern, aliased in self.settings.model.aliases.items():
             if fnmatch.fnmatchcase(requested, pattern):
-                requested = target
+                target, from_alias = aliased, True
                 break
-        if requested in self._models:
-            return requested
+        if target in self._models:
+            return target
         try:
-            source = resolve_source(requested, self.store, allow_paths=False)
+            source = resolve_source(target, self.store, allow_paths=from_alias)
         except NotFoundError:
             if self.settings.model.unknown == "default":
                 return self.default_name
@@ -81,70 +115,165 @@ class ModelPool:
         self._models.setdefault(source.name, ServedModel(source))
         return source.name
 
+    # -- loading ----------------------------------------------------------------------------
+
     async def engine(self, requested: str | None) -> Engine:
         served = self._models[self.resolve_name(requested)]
         served.last_used = time.monotonic()
         if served.engine is not None:
             return served.engine
         if served.loading is None or served.loading.done():
+            if served.error and served.error_signature == source_signature(served.source):
+                raise ModelLoadError(served.error)  # unchanged files: fail fast, no reload
             served.loading = asyncio.create_task(self._load(served))
+            served.loading.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(served.loading)
 
+    def _plan(self, source: ModelSource, facts: ModelFacts) -> MemoryEstimate:
+        return plan_memory(
+            facts,
+            name=source.name,
+            budget=self.budget_bytes,
+            concurrency=self.settings.performance.max_concurrent_requests,
+            prefill_step=self.settings.performance.prefill_step_size,
+            configured_context=self.settings.model.context_length,
+        )
+
     async def _load(self, served: ServedModel) -> Engine:
-        served.error = None
+        served.error = served.error_signature = None
+        name = served.source.name
         try:
+            facts = await asyncio.to_thread(model_facts, served.source)
+            estimate = self._plan(served.source, facts)
+            async with self._admission:
+                await self._make_room(served, estimate.total)
+                served.estimate = estimate
+            if estimate.context_length < facts.context_length and not self.settings.model.context_length:
+                logger.warning(
+                    "{}: serving a {}-token context window instead of the model's {} to stay "
+                    "within the memory budget; set model.context_length or lower "
+                    "performance.max_concurrent_requests to choose",
+                    name, estimate.context_length, facts.context_length,
+                )  # fmt: skip
             loaded = await asyncio.to_thread(load_source, served.source)
-            context = loaded.context_length
-            if self.settings.model.context_length:
-                context = min(context, self.settings.model.context_length)
             engine = Engine(
                 loaded.model,
                 loaded.tokenizer,
-                name=served.source.name,
-                context_length=context,
+                name=name,
+                context_length=min(estimate.context_length, loaded.context_length),
                 config=self.engine_config,
             )
             if self.settings.performance.warmup:
                 served.warmup_seconds = await engine.warmup()
-                logger.info("warmed up {} in {:.2f}s", served.source.name, served.warmup_seconds)
-        except Exception as exc:
-            served.error = str(exc)
+                logger.info("warmed up {} in {:.2f}s", name, served.warmup_seconds)
+        except BaseException as exc:
+            served.estimate = None
+            if isinstance(exc, PensieveError) and not isinstance(exc, OverloadedError):
+                served.error = exc.message
+                served.error_signature = source_signature(served.source)
+            elif isinstance(exc, Exception):
+                served.error = f"could not load model '{name}': {exc}"
             raise
         served.loaded, served.engine = loaded, engine
+        logger.info(
+            "model {} ready: loaded in {:.2f}s, estimated {}", name, loaded.load_seconds, estimate.describe()
+        )
         return engine
 
+    async def _make_room(self, served: ServedModel, need: int) -> None:
+        """Unload idle models, least recently used first, until `need` more bytes fit."""
+        while True:
+            others = [m for m in self._models.values() if m is not served and m.estimate is not None]
+            in_use = sum(m.estimate.total for m in others if m.estimate is not None)
+            if in_use + need <= self.budget_bytes:
+                return
+            idle = [m for m in others if m.engine is not None and not m.busy]
+            if not idle:
+                holders = ", ".join(f"{m.source.name} ({m.state})" for m in others)
+                raise OverloadedError(
+                    f"model '{served.source.name}' needs {gib(need)} and the memory budget of "
+                    f"{gib(self.budget_bytes)} is held by models that are busy or loading: "
+                    f"{holders}. Retry in a few seconds",
+                    headers={"retry-after": "5"},
+                )
+            victim = min(idle, key=lambda m: m.last_used)
+            await self._unload(victim, f"least recently used; making room for {served.source.name}")
+
+    async def _unload(self, served: ServedModel, reason: str) -> None:
+        engine = served.engine
+        served.engine = served.loaded = served.estimate = None
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+            del engine
+            gc.collect()
+            mx.clear_cache()
+        logger.info("unloaded {} ({})", served.source.name, reason)
+
+    async def _unload_idle(self) -> None:
+        """Every few seconds, unload what has been idle for keep_alive_s."""
+        keep = self.settings.model.keep_alive_s
+        while True:
+            await asyncio.sleep(min(max(keep / 4, 0.05), 30.0))
+            async with self._admission:
+                now = time.monotonic()
+                for served in list(self._models.values()):
+                    if served.busy:
+                        served.last_used = now  # idle time counts from the end of the work
+                    elif served.engine is not None and now - served.last_used >= keep:
+                        await self._unload(served, f"idle for {keep:g}s")
+
     async def start(self) -> None:
+        if self.settings.model.keep_alive_s > 0 and self._reaper is None:
+            self._reaper = asyncio.create_task(self._unload_idle())
         if self.settings.model.preload:
             await self.engine(self.default_name)
 
+    # -- reporting --------------------------------------------------------------------------
+
     def status(self) -> list[dict[str, Any]]:
-        out = []
-        for name, served in self._models.items():
-            entry: dict[str, Any] = {"name": name, "source": served.source.kind, "state": served.state}
-            if served.loaded is not None:
-                entry.update(
-                    context_length=served.engine.context_length if served.engine else served.loaded.context_length,
-                    weight_bytes=served.loaded.weight_bytes,
-                    load_seconds=round(served.loaded.load_seconds, 3),
-                    warmup_seconds=round(served.warmup_seconds, 3),
-                )
-            if served.engine is not None:
-                entry["load"] = served.engine.load
-            if served.error:
-                entry["error"] = served.error
-            out.append(entry)
+        """Every servable model: loaded, loading, failed, or available (store, embedded)."""
+        out = [self._describe(served) for served in self._models.values()]
+        for name, found in servable(self.store):
+            if name in self._models:
+                continue
+            if isinstance(found, PensieveError):
+                out.append({"name": name, "source": "store", "state": "error", "error": found.message})
+            else:
+                out.append({**describe_source(found, self.settings), "state": "available"})
         return out
+
+    def _describe(self, served: ServedModel) -> dict[str, Any]:
+        entry = {**describe_source(served.source, self.settings), "state": served.state}
+        if served.estimate is not None:
+            entry["estimated_bytes"] = served.estimate.total
+        if served.loaded is not None and served.engine is not None:
+            entry.update(
+                context_length=served.engine.context_length,
+                weight_bytes=served.loaded.weight_bytes,
+                load_seconds=round(served.loaded.load_seconds, 3),
+                warmup_seconds=round(served.warmup_seconds, 3),
+                idle_seconds=round(time.monotonic() - served.last_used, 1),
+                load=served.engine.load,
+            )
+        if served.error:
+            entry["error"] = served.error
+        return entry
 
     def loaded_engines(self) -> list[Engine]:
         return [m.engine for m in self._models.values() if m.engine is not None]
 
     def memory(self) -> dict[str, int]:
-        return memory_stats().as_dict()
+        reserved = sum(m.estimate.total for m in self._models.values() if m.estimate is not None)
+        return {**memory_stats().as_dict(), "budget_bytes": self.budget_bytes, "reserved_bytes": reserved}
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
         for served in self._models.values():
             if served.loading is not None and not served.loading.done():
                 served.loading.cancel()
             if served.engine is not None:
                 await asyncio.to_thread(served.engine.close)
-                served.engine = None
+                served.engine = served.loaded = served.estimate = None

@@ -1,23 +1,23 @@
 """Where a model comes from: turn what a user typed into a concrete, loadable source.
 
-Paths are honoured only from the operator (command line, config file); a name arriving in an
-HTTP request can reach the embedded model, configured models and the model store, never an
-arbitrary file.
+Paths are honoured only from the operator (command line, config file, alias targets); a name
+arriving in an HTTP request can reach the embedded model and the model store, never an
+arbitrary file: the store checks the name's shape and that nothing in the entry links out.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pensieve.modelmgr.embedded import EMBEDDED_NAME, embedded_model_path
+from pensieve.modelmgr.store import ModelStore, store_dirname
 from pensieve.utils import NotFoundError
 
-SourceKind = Literal["embedded", "gguf", "mlx"]
+__all__ = ["ModelSource", "SourceKind", "resolve_source", "source_from_path", "store_dirname"]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+SourceKind = Literal["embedded", "gguf", "mlx"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +28,8 @@ class ModelSource:
     path: Path
 
 
-def store_dirname(name: str) -> str:
-    """`org/repo` is stored as `org--repo`, as the Hugging Face cache does."""
-    return name.replace("/", "--")
-
-
-def _from_path(path: Path, name: str | None = None) -> ModelSource:
+def source_from_path(path: Path, name: str | None = None) -> ModelSource:
+    """A .gguf file, an MLX folder (config.json), or a folder holding exactly one .gguf."""
     if path.is_file() and path.suffix.lower() == ".gguf":
         return ModelSource(name or path.stem, "gguf", path)
     if path.is_dir():
@@ -48,20 +44,21 @@ def _from_path(path: Path, name: str | None = None) -> ModelSource:
     )
 
 
-def resolve_source(spec: str, store: Path, *, allow_paths: bool) -> ModelSource:
+def resolve_source(spec: str, store: Path | ModelStore, *, allow_paths: bool) -> ModelSource:
     """Resolve a model spec: the embedded name, a store entry, or (operator only) a path."""
     if spec == EMBEDDED_NAME:
         return ModelSource(EMBEDDED_NAME, "embedded", embedded_model_path())
     if allow_paths:
         candidate = Path(spec).expanduser()
         if candidate.exists():
-            return _from_path(candidate.resolve())
-    if _SAFE_NAME.match(spec) and ".." not in spec:
-        entry = store / store_dirname(spec)
-        if entry.exists():
-            return _from_path(entry, name=spec)
+            return source_from_path(candidate.resolve())
+    store = store if isinstance(store, ModelStore) else ModelStore(store)
+    entry = store.find(spec)
+    if entry is not None:
+        return source_from_path(entry.path, name=spec)
     raise NotFoundError(
         f"model '{spec}' was not found: it is not the embedded model ({EMBEDDED_NAME}) "
         "nor in the model store. Run `pensieve models list`, or `pensieve models pull <repo>` "
-        "to fetch it"
+        "to fetch it",
+        param="model",
     )

@@ -8,11 +8,13 @@ counts of real prompts match what the embedded model would see.
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.utils import save_config, save_model
 
 from pensieve.modelmgr.embedded import embedded_model_path
@@ -57,8 +59,14 @@ def make_random_model(
     group_size: int = 64,
     context_length: int | None = None,
     dtype: mx.Dtype = mx.float32,
+    hf_format: bool = False,
 ) -> Path:
-    """Write `out_dir` (config.json, weights, tokenizer) and return it."""
+    """Write `out_dir` (config.json, weights, tokenizer) and return it.
+
+    With `hf_format`, the folder looks like an unconverted Hugging Face checkpoint instead:
+    `architectures` and `torch_dtype` in the config, PyTorch's safetensors metadata, no
+    mlx-lm quantization. That is what `pensieve models convert` starts from.
+    """
     tokenizer = tokenizer_wrapper_from_gguf(read_gguf(embedded_model_path())[1])
     config = dict(PRESETS[preset])
     config["vocab_size"] = len(tokenizer.get_vocab())
@@ -74,7 +82,25 @@ def make_random_model(
         config["quantization"] = {"group_size": group_size, "bits": bits}
     mx.eval(model.parameters())
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_model(out_dir, model)
-    save_config(config, out_dir / "config.json")
+    if hf_format:
+        _save_hf_checkpoint(out_dir, model, config, dtype)
+    else:
+        save_model(out_dir, model)
+        save_config(config, out_dir / "config.json")
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+_HF_CLASSES = {"llama": "LlamaForCausalLM", "phi3": "Phi3ForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def _save_hf_checkpoint(out_dir: Path, model: nn.Module, config: dict[str, Any], dtype: mx.Dtype) -> None:
+    """mlx-lm's parameter names are the Hugging Face ones for these architectures."""
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(out_dir / "model.safetensors"), weights, metadata={"format": "pt"})
+    hf_config = {
+        **config,
+        "architectures": [_HF_CLASSES[config["model_type"]]],
+        "torch_dtype": str(dtype).removeprefix("mlx.core."),
+    }
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2))

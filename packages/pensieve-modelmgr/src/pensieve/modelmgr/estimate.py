@@ -1,0 +1,120 @@
+"""How much memory a model will take, worked out before loading it.
+
+    total = weights + kv_cache + overhead
+    weights  = the tensors' bytes once loaded (file headers; GGUF types MLX expands count as F16)
+    kv_cache = 2 (K and V) x layers x kv_heads x head_dim x bytes_per_element
+               x context_length x max_concurrent_requests
+    overhead = 64 MiB + prefill_step_size x (vocab + 2 x intermediate + 4 x hidden) x bytes
+               (one prefill chunk's logits and activations, plus MLX's own buffers)
+
+The KV term is the worst case: every sequence of a full batch at the full context. Loading a
+model that only fits in the average case is how a Mac ends up swapping, so the estimate is kept
+pessimistic and the window is what gives: when the user has not set `model.context_length`, a
+model whose full window does not fit is served with the largest window that does (logged), and
+refused only if not even a small window fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pensieve.modelmgr.facts import ModelFacts
+from pensieve.utils import ModelLoadError
+
+_BASE_OVERHEAD = 64 * 1024**2
+MIN_CONTEXT = 2048
+"""Below this a chat model is of little use; refuse rather than shrink further."""
+_CONTEXT_STEP = 256
+
+
+def gib(value: int) -> str:
+    return f"{value / 1024**3:.2f} GiB"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryEstimate:
+    weights: int
+    kv_cache: int
+    overhead: int
+    context_length: int
+    concurrency: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+    def describe(self) -> str:
+        return (
+            f"{gib(self.total)} = {gib(self.weights)} weights + {gib(self.kv_cache)} KV cache "
+            f"({self.context_length} tokens x {self.concurrency} sequences) + "
+            f"{gib(self.overhead)} overhead"
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "total_bytes": self.total,
+            "weight_bytes": self.weights,
+            "kv_cache_bytes": self.kv_cache,
+            "overhead_bytes": self.overhead,
+            "context_length": self.context_length,
+            "concurrency": self.concurrency,
+        }
+
+
+def estimate_memory(
+    facts: ModelFacts, *, context_length: int, concurrency: int, prefill_step: int
+) -> MemoryEstimate:
+    vocab = facts.text_config("vocab_size", 0)
+    hidden = facts.text_config("hidden_size", 0)
+    intermediate = facts.text_config("intermediate_size", 0) or 4 * hidden
+    overhead = _BASE_OVERHEAD + prefill_step * (vocab + 2 * intermediate + 4 * hidden) * facts.activation_bytes
+    return MemoryEstimate(
+        weights=facts.weight_bytes,
+        kv_cache=facts.kv_bytes_per_token * context_length * concurrency,
+        overhead=overhead,
+        context_length=context_length,
+        concurrency=concurrency,
+    )
+
+
+def plan_memory(
+    facts: ModelFacts,
+    *,
+    name: str,
+    budget: int,
+    concurrency: int,
+    prefill_step: int,
+    configured_context: int | None,
+) -> MemoryEstimate:
+    """The estimate the model will load with, or ModelLoadError if it cannot fit the budget.
+
+    A configured context is honoured as given (capped at the model's own window); otherwise
+    the window shrinks to what fits, in steps of 256 tokens, down to MIN_CONTEXT.
+    """
+    wanted = min(facts.context_length, configured_context or facts.context_length)
+
+    def at(context: int) -> MemoryEstimate:
+        return estimate_memory(
+            facts, context_length=context, concurrency=concurrency, prefill_step=prefill_step
+        )
+
+    estimate = at(wanted)
+    if estimate.total <= budget:
+        return estimate
+    fixed = at(0).total
+    per_token = facts.kv_bytes_per_token * concurrency
+    fits = (budget - fixed) // per_token if per_token and budget > fixed else 0
+    fits -= fits % _CONTEXT_STEP
+    smallest = min(MIN_CONTEXT, wanted)
+    if configured_context is None and fits >= smallest:
+        return at(int(fits))
+    advice = (
+        f"set model.context_length to {fits} or less, or lower performance.max_concurrent_requests"
+        if fits >= smallest
+        else "use a smaller or more quantized model (pensieve models convert <model> --bits 4)"
+    )
+    raise ModelLoadError(
+        f"model '{name}' needs an estimated {estimate.describe()}, more than the memory budget of "
+        f"{gib(budget)} (model.memory_budget_fraction / model.memory_budget_gb). Refusing to load "
+        f"it rather than let the machine swap: {advice}, or raise the budget"
+    )
