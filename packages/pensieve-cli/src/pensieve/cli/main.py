@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pensieve.cli.models_cmd import models
 from pensieve.cli.start import start
 
 
@@ -14,3 +15,4 @@ def cli() -> None:
 
 
 cli.add_command(start)
+cli.add_command(models)
