@@ -40,6 +40,7 @@ class EngineConfig:
     max_concurrent_requests: int = 5
     max_queued_requests: int = 32
     prefill_step_size: int = 2048
+    prefix_cache_bytes: int = 512 * 1024 * 1024
     context_policy: str = "error"
     """`error`: a prompt over the window is a 400; `truncate`: drop the oldest turns."""
 
@@ -73,6 +74,7 @@ class Engine:
             set(tokenizer.eos_token_ids),
             max_batch=config.max_concurrent_requests,
             prefill_step_size=config.prefill_step_size,
+            prefix_cache_bytes=config.prefix_cache_bytes,
             name=name,
         )
 
@@ -225,11 +227,11 @@ class Generation:
             yield Finished(
                 stop_reason=_stop_reason(finish, parser),
                 stop_sequence=parser.stop_sequence,
-                usage=Usage(input_tokens=len(prompt), output_tokens=produced),
+                usage=Usage(input_tokens=len(prompt), output_tokens=produced, cache_read_input_tokens=job.cached),
                 timings=_timings(job),
             )
         finally:
-            if job.uid is None or job.final_tokens is None:
+            if not job.finished:
                 self.engine._scheduler.cancel(job)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
+from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
 from pensieve.utils.logging import logger
 
@@ -34,15 +35,14 @@ class Job:
     loop: asyncio.AbstractEventLoop
     sink: TokenSink
     sampler: Any = None
-    cache: list[Any] | None = None
-    cached_tokens: list[int] = field(default_factory=list)
+    cached: int = 0
+    """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
     enqueued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None
     first_token_at: float | None = None
     cancelled: bool = False
     uid: int | None = None
-    final_cache: list[Any] | None = None
-    final_tokens: list[int] | None = None
+    finished: bool = False
 
     def deliver(self, token: int | None, finish: str | None, error: BaseException | None = None) -> None:
         try:
@@ -61,12 +61,18 @@ class Scheduler:
         *,
         max_batch: int = 5,
         prefill_step_size: int = 2048,
+        prefix_cache_bytes: int = 0,
         name: str = "model",
     ) -> None:
         self._model = model
         self._stop = StopSequences([[t] for t in sorted(stop_token_ids)])
         self._max_batch = max_batch
+        self._name = name
         self._prefill_step_size = prefill_step_size
+        # Multi-turn chats and agent sessions re-send a long identical prefix; mlx-lm's LRU trie of
+        # KV caches finds the longest cached prefix (trimming a longer entry if needed), so only
+        # the new tokens are prefilled. It is touched on the compute thread only.
+        self._prefix = LRUPromptCache(max_size=64, max_bytes=prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._inbox: list[Job] = []
         self._calls: list[Callable[[], None]] = []
         self._jobs: dict[int, Job] = {}
@@ -158,12 +164,14 @@ class Scheduler:
         for job in inbox:
             if job.cancelled:
                 continue
+            cache, rest = self._cached_prefix(job.prompt)
+            job.cached = len(job.prompt) - len(rest)
             try:
                 (uid,) = generator.insert(
-                    [job.prompt],
+                    [rest],
                     max_tokens=[job.max_tokens],
-                    caches=[job.cache] if job.cache is not None else None,
-                    all_tokens=[list(job.cached_tokens)],
+                    caches=[cache],
+                    all_tokens=[job.prompt[: job.cached]],
                     samplers=[job.sampler],
                     stop_sequences=[self._stop],
                 )
@@ -174,10 +182,27 @@ class Scheduler:
             job.started_at = time.perf_counter()
             self._jobs[uid] = job
 
+    def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
+        if self._prefix is None:
+            return None, prompt
+        cache, rest = self._prefix.fetch_nearest_cache(self._name, prompt)
+        if cache is not None and not rest:  # exact hit: re-run the last token for its logits
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
+        return cache, rest
+
+    def _keep_prefix(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+        if self._prefix is not None and tokens and cache:
+            self._prefix.insert_cache(self._name, list(tokens), cache)
+
     def _drop_cancelled(self, generator: BatchGenerator) -> None:
         gone = [uid for uid, job in self._jobs.items() if job.cancelled]
         if gone:
-            generator.remove(gone)
+            # A sequence stopped early (stop sequence, parsed tool call, client gone) still
+            # leaves a useful prefix for the conversation's next turn.
+            for tokens_cache in generator.remove(gone, return_prompt_caches=self._prefix is not None).values():
+                cache, tokens = tokens_cache
+                self._keep_prefix(tokens, cache)
             for uid in gone:
                 self._jobs.pop(uid).deliver(None, "cancelled")
 
@@ -199,7 +224,8 @@ class Scheduler:
             if job.first_token_at is None:
                 job.first_token_at = now
             if r.finish_reason is not None:
-                job.final_cache, job.final_tokens = r.prompt_cache, r.all_tokens
+                job.finished = True
+                self._keep_prefix(r.all_tokens, r.prompt_cache)
                 self._jobs.pop(r.uid)
                 # A stop token ends the sequence and is not part of the answer.
                 job.deliver(None if r.finish_reason == "stop" else r.token, r.finish_reason)

@@ -72,6 +72,9 @@ class ChatRequest(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts. `input_tokens` is the whole prompt; `cache_read_input_tokens` is the part of
+    it served from the prefix cache (each wire API reports the split its own way)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_input_tokens: int = 0

@@ -26,8 +26,9 @@ def new_message_id() -> str:
 
 
 def usage_body(usage: Usage) -> dict[str, int]:
+    """Anthropic counts cache reads apart: input + cache_read + cache_creation = the prompt."""
     return {
-        "input_tokens": usage.input_tokens,
+        "input_tokens": usage.input_tokens - usage.cache_read_input_tokens,
         "output_tokens": usage.output_tokens,
         "cache_creation_input_tokens": usage.cache_creation_input_tokens,
         "cache_read_input_tokens": usage.cache_read_input_tokens,
