@@ -1,10 +1,18 @@
-"""The `pensieve` command."""
+"""The `pensieve` command.
+
+Subcommands live in their own modules and import only what they need, so that `pensieve stop`
+or `pensieve status` answer at once; only the serving process imports MLX.
+"""
 
 from __future__ import annotations
 
 import click
 
+from pensieve.cli.config_cmd import config
+from pensieve.cli.control import logs, restart, status, stop
+from pensieve.cli.doctor import doctor
 from pensieve.cli.models_cmd import models
+from pensieve.cli.service import service
 from pensieve.cli.start import start
 
 
@@ -15,4 +23,11 @@ def cli() -> None:
 
 
 cli.add_command(start)
+cli.add_command(stop)
+cli.add_command(status)
+cli.add_command(restart)
+cli.add_command(logs)
+cli.add_command(config)
+cli.add_command(service)
+cli.add_command(doctor)
 cli.add_command(models)

@@ -1,49 +1,139 @@
-"""`pensieve start`: serve in the foreground until Ctrl-C."""
+"""`pensieve start`: serve in the foreground until Ctrl-C, or start a background daemon.
+
+The heavy imports (MLX through the model manager, aiohttp through the server) happen only in
+the process that serves: `start --background` validates the settings, re-executes itself and
+watches, without ever loading MLX.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from pensieve.modelmgr import ModelPool
-from pensieve.server import create_app, serve
-from pensieve.utils import PensieveError, load_settings
+from pensieve.cli.common import log_file_for, settings_or_exit
+from pensieve.cli.daemon import launch_background
+from pensieve.utils import PensieveError, Settings, load_settings
 from pensieve.utils.logging import logger, setup_logging
+from pensieve.utils.pidfile import pid_file_path, remove_pid_file, running_server
+
+_FORWARDED = {
+    "host": "--host",
+    "port": "--port",
+    "model": "--model",
+    "api_key": "--api-key",
+    "config_file": "--config",
+    "log_level": "--log-level",
+    "log_file": "--log-file",
+}
+"""Options a background start passes on to the server it launches (and `restart` reuses)."""
 
 
 @click.command()
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8000).")
 @click.option("--model", help="Model to serve: the embedded default, a store name, a .gguf file or an MLX folder.")
-@click.option("--api-key", help="Key clients must send (default pensieve-local-key).")
+@click.option("--api-key", help="Key clients must send (default pensieve-local-key). Visible in `ps`: prefer the config file.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file.")
 @click.option("--log-level", type=click.Choice(["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def start(host: str | None, port: int | None, model: str | None, api_key: str | None, config_file: str | None, log_level: str | None) -> None:
-    """Start the server in the foreground; Ctrl-C stops it cleanly."""
-    try:
-        settings = load_settings(
-            config_file,
-            overrides={
-                "server.host": host,
-                "server.port": port,
-                "server.api_key": api_key,
-                "model.default": model,
-                "logging.level": log_level.upper() if log_level else None,
-            },
+@click.option("--log-file", type=click.Path(dir_okay=False), help="JSON-lines log file (logging.file).")
+@click.option("-b", "--background", is_flag=True, help="Run as a daemon; return once the model is loaded.")
+@click.option("--wait-timeout", type=float, default=600.0, show_default=True, help="With --background: seconds to wait for readiness.")
+@click.option("--daemon-child", is_flag=True, hidden=True)
+@click.pass_context
+def start(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    model: str | None,
+    api_key: str | None,
+    config_file: str | None,
+    log_level: str | None,
+    log_file: str | None,
+    background: bool,
+    wait_timeout: float,
+    daemon_child: bool,
+) -> None:
+    """Start the server: in the foreground (Ctrl-C stops it), or with --background as a daemon."""
+    overrides: dict[str, Any] = {
+        "server.host": host,
+        "server.port": port,
+        "server.api_key": api_key,
+        "model.default": model,
+        "logging.level": log_level.upper() if log_level else None,
+        "logging.file": log_file,
+    }
+    settings = settings_or_exit(config_file, overrides)
+    live, stale = running_server()
+    if live is not None:
+        raise click.ClickException(
+            f"Pensieve is already running (PID {live.pid}) at {live.url}; "
+            "stop it with `pensieve stop` or use `pensieve restart`"
         )
-        setup_logging(settings.logging.level, settings.logging.file)
+    if stale is not None and remove_pid_file(pid_file_path(), stale.pid):
+        click.echo(f"Removed a stale PID file: PID {stale.pid} is no longer running.", err=True)
+    args = _forwarded_args(ctx)
+    if background:
+        sys.exit(launch_background(settings, args, log_file_for(settings), wait_timeout))
+
+    def reload() -> Settings:
+        return load_settings(config_file, overrides=overrides)
+
+    sys.exit(_serve(settings, reload, args, daemon=daemon_child))
+
+
+def _forwarded_args(ctx: click.Context) -> list[str]:
+    """The options given on the command line, with paths made absolute for a daemon."""
+    args: list[str] = []
+    for name, flag in _FORWARDED.items():
+        if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            continue
+        value = str(ctx.params[name])
+        if name in ("config_file", "log_file") or (name == "model" and Path(value).expanduser().exists()):
+            value = str(Path(value).expanduser().resolve())
+        args += [flag, value]
+    return args
+
+
+def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool) -> int:
+    """Serve in this process; every startup failure is logged, so `--background` can report it."""
+    log_file = log_file_for(settings) if (daemon or settings.logging.file) else None
+    log = settings.logging
+    setup_logging(
+        log.level,
+        log_file,
+        console=not daemon,
+        rotation=log.rotation,
+        retention=log.retention,
+        compression=log.compression,
+        secrets=[settings.server.api_key],
+    )
+    from pensieve.modelmgr import ModelPool  # MLX: only in the serving process
+    from pensieve.server import create_app, serve
+
+    try:
         pool = ModelPool(settings)
     except PensieveError as exc:
+        logger.error("cannot start: {}", exc.message)
         raise click.ClickException(exc.message) from None
     app = create_app(settings, pool)
+    host, port = settings.server.host, settings.server.port
     try:
-        code = asyncio.run(serve(app, settings.server.host, settings.server.port))
+        return asyncio.run(serve(app, host, port, pid_file=pid_file_path(), reload=reload, args=args))
     except OSError as exc:
-        logger.error("cannot listen on {}:{}: {}", settings.server.host, settings.server.port, exc.strerror)
-        raise click.ClickException(
-            f"port {settings.server.port} on {settings.server.host} is not available ({exc.strerror}); "
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        message = (
+            f"port {port} on {host} is not available ({reason}); "
             "stop what uses it or pass --port"
-        ) from None
-    sys.exit(code)
+        )
+        logger.error("cannot listen: {}", message)
+        raise click.ClickException(message) from None
+    except PensieveError as exc:
+        logger.error("cannot start: {}", exc.message)
+        raise click.ClickException(exc.message) from None
+

@@ -1,33 +1,50 @@
-"""Cross-cutting concerns: request ids, body limits, authentication, error rendering.
+"""Cross-cutting concerns: request ids, observation, body limits, CORS, auth, error rendering.
 
-Order matters: the request id comes first so every error carries it, errors wrap everything
-else so nothing escapes unrendered, and the body limit runs before authentication so a huge
-unauthenticated upload is refused without being read.
+Order matters: the request id comes first so every error carries it; observation (the request
+log line, metrics, the in-flight registry) wraps everything else so it sees the final status;
+errors wrap the rest so nothing escapes unrendered; the body limit runs before authentication so
+a huge unauthenticated upload is refused without being read; CORS preflights are answered
+before authentication because browsers send them without credentials.
+
+Settings that SIGHUP can change (API key, CORS origins, metrics auth, content logging) are read
+from the shared settings object on every request rather than captured when the app is built.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from pensieve.server.errors import error_response
+from pensieve.server.keys import PROVIDER, SETTINGS
+from pensieve.server.metrics import METRICS
+from pensieve.server.observe import OBSERVER, requested_model, summarize
 from pensieve.server.streaming import ClientGone
 from pensieve.utils import (
     ApiError,
     AuthenticationError,
     InvalidRequestError,
     NotFoundError,
+    OverloadedError,
     PensieveError,
     RequestTooLargeError,
 )
 from pensieve.utils.logging import logger
+from pensieve.utils.settings import ServerSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/", "/health"})
+QUIET_PATHS = OPEN_PATHS | {"/metrics"}
+"""Polled by monitors: logged at DEBUG and not counted as requests served."""
+CONTENT_LOG_LIMIT = 20_000
 
 
 def new_request_id() -> str:
@@ -90,11 +107,13 @@ def _presented_key(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def auth_middleware(api_key: str | None, *, metrics_open: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
-    expected = (api_key or "").encode()
+def auth_middleware(server: ServerSettings) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Check the API key; `server` is the live settings section, so SIGHUP can change the key."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        expected = (server.api_key or "").encode()
+        metrics_open = not server.metrics_require_auth
         if not expected or request.path in OPEN_PATHS or (metrics_open and request.path == "/metrics"):
             return await handler(request)
         presented = _presented_key(request)
@@ -105,3 +124,135 @@ def auth_middleware(api_key: str | None, *, metrics_open: bool) -> Callable[...,
         return await handler(request)
 
     return middleware
+
+
+# -- observation ------------------------------------------------------------------------------
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Register the request while it runs; when it ends, log one line and update the metrics.
+
+    While the server drains (SIGTERM) new API requests are refused with a retryable error;
+    in-flight ones carry on.
+    """
+    app = request.app
+    observer = app[OBSERVER]
+    if observer.draining and request.path not in QUIET_PATHS:
+        return error_response(
+            request,
+            OverloadedError("Pensieve is shutting down; retry in a few seconds", headers={"retry-after": "5"}),
+        )
+    with logger.contextualize(request_id=request.get("request_id")):
+        observer.begin(request)
+        app[METRICS].in_progress.inc()
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        finally:
+            app[METRICS].in_progress.dec()
+            _record(request, status, time.perf_counter() - started)
+
+
+def _record(request: web.Request, status: int, duration_s: float) -> None:
+    app = request.app
+    finished = request.get("finished") is not None
+    requested = requested_model(request) if finished else None
+    served = None
+    if finished:
+        try:
+            served = app[PROVIDER].resolve_name(requested)
+        except Exception:  # the name resolved when the request ran; a log line is no place to fail
+            served = requested
+    summary = summarize(request, status, duration_s, served, requested)
+    quiet = request.path in QUIET_PATHS
+    app[OBSERVER].end(summary, counted=not quiet)
+    app[METRICS].observe(summary)
+    extra = summary.fields()
+    if finished and app[SETTINGS].logging.log_content:
+        raw = getattr(request, "_read_bytes", b"") or b""
+        extra["request_body"] = raw[:CONTENT_LOG_LIMIT].decode("utf-8", errors="replace")
+    level = "DEBUG" if quiet else ("WARNING" if status >= 500 else "INFO")
+    logger.bind(component="http", **extra).log(level, summary.line())
+
+
+@web.middleware
+async def health_extras_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Add the daemon's own figures to /health: PID, requests served, configuration reloads.
+
+    Done here rather than in the health route so the route stays about models and memory and
+    the daemon's bookkeeping stays in one module.
+    """
+    response = await handler(request)
+    if request.path != "/health" or not isinstance(response, web.Response) or response.status != 200:
+        return response
+    try:
+        body = json.loads(response.body)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return response
+    observer = request.app[OBSERVER]
+    settings = request.app[SETTINGS]
+    body.update(
+        pid=os.getpid(),
+        requests={"served": observer.served, "in_flight": len(observer.in_flight(exclude_open=QUIET_PATHS))},
+        draining=observer.draining,
+        config={
+            "file": str(settings.config_file) if settings.config_file else None,
+            "reloads": observer.reloads,
+            "reloaded_at": observer.reloaded_at,
+            "log_level": settings.logging.level,
+        },
+    )
+    response.text = json.dumps(body)
+    return response
+
+
+# -- CORS -------------------------------------------------------------------------------------
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    """The value for Access-Control-Allow-Origin, or None when CORS does not apply."""
+    origin = request.headers.get("Origin")
+    origins = request.app[SETTINGS].server.cors_origins
+    if not origin or not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    return origin if origin in origins else None
+
+
+@web.middleware
+async def cors_preflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflights for configured origins; with no origins configured, CORS is off."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        allowed = _allowed_origin(request)
+        if allowed is not None:
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Origin": allowed,
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": request.headers.get("Access-Control-Request-Headers", "*"),
+                    "Access-Control-Max-Age": "600",
+                    "Vary": "Origin",
+                },
+            )
+    return await handler(request)
+
+
+async def cors_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: streamed responses get their CORS headers before the first byte."""
+    allowed = _allowed_origin(request)
+    if allowed is not None:
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        response.headers["Access-Control-Expose-Headers"] = "request-id"
+        response.headers.add("Vary", "Origin")

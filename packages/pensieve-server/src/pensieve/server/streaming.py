@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pensieve.models import GenerationEvent
+from pensieve.models import Finished, GenerationEvent
 
 KEEPALIVE_S = 10.0
 _TICK = object()
@@ -33,7 +33,11 @@ def client_gone(request: web.Request) -> bool:
 async def watched(
     request: web.Request, events: AsyncIterator[GenerationEvent], keepalive: float = KEEPALIVE_S
 ) -> AsyncIterator[GenerationEvent | None]:
-    """Yield engine events, or None as a keep-alive tick; stop if the client disconnects."""
+    """Yield engine events, or None as a keep-alive tick; stop if the client disconnects.
+
+    The final `Finished` event (usage and timings) is also kept as `request["finished"]`, where
+    the observing middleware reads it for the request log line and the metrics, for both APIs.
+    """
     poll = 0.25
     idle = 0.0
     iterator = aiter(events)
@@ -54,6 +58,8 @@ async def watched(
             result, pending, idle = pending.result(), None, 0.0
             if result is _TICK:
                 return
+            if isinstance(result, Finished):
+                request["finished"] = result
             yield result
     finally:
         if pending is not None:

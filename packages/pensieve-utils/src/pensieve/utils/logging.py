@@ -2,17 +2,44 @@
 
 The standard library's `logging` (aiohttp, transformers) is routed into loguru so one sink
 configuration covers everything the process says.
+
+Every file line is one JSON object: `timestamp`, `level`, `component` (the Pensieve package or
+library that spoke), `message`, `request_id` (bound for the whole life of an HTTP request with
+`logger.contextualize`) and `metadata` (whatever else was bound, e.g. a request's token counts).
+The configured API key is replaced by `***` in every message before any sink sees it, so a
+careless log call cannot leak it.
 """
 
 from __future__ import annotations
 
+import json
 import logging as _stdlib_logging
 import sys
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
-__all__ = ["logger", "setup_logging"]
+__all__ = ["current_log_file", "logger", "reconfigure_logging", "setup_logging"]
+
+_RESERVED_EXTRA = frozenset({"component", "request_id"})
+
+
+@dataclass(slots=True)
+class _State:
+    level: str = "INFO"
+    file: Path | None = None
+    console: bool = True
+    rotation: str = "20 MB"
+    retention: int = 5
+    compression: str | None = "gz"
+    secrets: list[str] = field(default_factory=list)
+
+
+_state = _State()
 
 
 class _InterceptHandler(_stdlib_logging.Handler):
@@ -26,6 +53,47 @@ class _InterceptHandler(_stdlib_logging.Handler):
         )
 
 
+def _component(name: str | None) -> str:
+    """`pensieve.server.middleware` -> `server`; `aiohttp.web` -> `aiohttp`."""
+    parts = (name or "").split(".")
+    if parts[0] == "pensieve" and len(parts) > 1:
+        return parts[1]
+    return parts[0] or "pensieve"
+
+
+def _patch(record: Any) -> None:
+    extra = record["extra"]
+    if extra.get("component") in (None, "pensieve"):
+        extra["component"] = _component(record["name"])
+    for secret in _state.secrets:
+        if secret in record["message"]:
+            record["message"] = record["message"].replace(secret, "***")
+
+
+def json_line(record: Any) -> str:
+    """One log record as the JSON object written to the log file."""
+    extra = record["extra"]
+    payload: dict[str, Any] = {
+        "timestamp": record["time"].isoformat(),
+        "level": record["level"].name,
+        "component": extra.get("component", "pensieve"),
+        "message": record["message"],
+        "request_id": extra.get("request_id"),
+    }
+    metadata = {k: v for k, v in extra.items() if k not in _RESERVED_EXTRA and not k.startswith("_")}
+    if metadata:
+        payload["metadata"] = metadata
+    if record["exception"] is not None:
+        exc = record["exception"]
+        payload["exception"] = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+    return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+def _file_format(record: Any) -> str:
+    record["extra"]["_json"] = json_line(record)
+    return "{extra[_json]}\n"
+
+
 def setup_logging(
     level: str = "INFO",
     file: str | Path | None = None,
@@ -34,10 +102,20 @@ def setup_logging(
     rotation: str = "20 MB",
     retention: int = 5,
     compression: str | None = "gz",
+    secrets: Iterable[str | None] = (),
 ) -> None:
-    """(Re)configure every sink; safe to call again on SIGHUP."""
+    """(Re)configure every sink; safe to call again (SIGHUP does, through reconfigure_logging).
+
+    `secrets` are strings masked in every message (the API key). Rotation is by size, keeping
+    `retention` old files, compressed with `compression` ("" or None for none).
+    """
+    _state.level, _state.console = level, console
+    _state.file = Path(file).expanduser() if file else None
+    _state.rotation, _state.retention = rotation, retention
+    _state.compression = compression or None
+    _state.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
     logger.remove()
-    logger.configure(extra={"component": "pensieve", "request_id": None})
+    logger.configure(extra={"component": "pensieve", "request_id": None}, patcher=_patch)
     if console:
         logger.add(
             sys.stderr,
@@ -46,17 +124,46 @@ def setup_logging(
             format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
             "<cyan>{extra[component]}</cyan> {message}",
         )
-    if file:
-        Path(file).parent.mkdir(parents=True, exist_ok=True)
+    if _state.file is not None:
+        _state.file.parent.mkdir(parents=True, exist_ok=True)
         logger.add(
-            str(file),
+            str(_state.file),
             level=level,
-            serialize=True,
+            format=_file_format,
             rotation=rotation,
             retention=retention,
-            compression=compression,
+            compression=_state.compression,
             enqueue=False,
             catch=True,
         )
     _stdlib_logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
     _stdlib_logging.getLogger("aiohttp.access").setLevel(_stdlib_logging.WARNING)
+
+
+def reconfigure_logging(
+    *,
+    level: str,
+    file: str | Path | None,
+    rotation: str,
+    retention: int,
+    compression: str | None,
+    secrets: Iterable[str | None] = (),
+) -> None:
+    """Apply new logging settings, keeping whether the terminal sink is on.
+
+    A `file` of None keeps the current file: a server in the background always has one.
+    """
+    setup_logging(
+        level,
+        file if file else _state.file,
+        console=_state.console,
+        rotation=rotation,
+        retention=retention,
+        compression=compression,
+        secrets=secrets,
+    )
+
+
+def current_log_file() -> Path | None:
+    """The file the JSON sink writes to, if any (recorded in the PID file for `pensieve logs`)."""
+    return _state.file

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 APP = "pensieve"
 
 
-def _home_override() -> Path | None:
-    value = os.environ.get("PENSIEVE_HOME")
+def _home_override(env: Mapping[str, str] | None = None) -> Path | None:
+    value = (os.environ if env is None else env).get("PENSIEVE_HOME")
     return Path(value).expanduser() if value else None
 
 
-def config_dir() -> Path:
-    """The folder searched for `pensieve.toml` when no `--config` or `PENSIEVE_CONFIG` is given."""
-    if (home := _home_override()) is not None:
+def config_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The folder searched for `pensieve.toml` when no `--config` or `PENSIEVE_CONFIG` is given.
+
+    `env` stands in for the process environment (settings are loaded from an explicit mapping
+    in tests and by the daemon's reload).
+    """
+    if (home := _home_override(env)) is not None:
         return home / "config"
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support" / APP
@@ -53,5 +58,5 @@ def model_store_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / APP / "models"
 
 
-def default_config_file() -> Path:
-    return config_dir() / "pensieve.toml"
+def default_config_file(env: Mapping[str, str] | None = None) -> Path:
+    return config_dir(env) / "pensieve.toml"

@@ -1,19 +1,25 @@
 """One settings schema, loaded with the precedence users expect from servers of this kind.
 
 Command line > environment (`PENSIEVE_*`, plus `ANTHROPIC_AUTH_TOKEN`/`ANTHROPIC_API_KEY` for the
-key) > TOML file > defaults. Every effective value remembers where it came from, so
-`pensieve config show` can explain a surprise, and every validation error names the key and the
-file it was read from.
+key) > TOML file > defaults. Every effective value remembers where it came from (a file value
+with its line), so `pensieve config show` can explain a surprise, and every validation error
+names the key and the file and line it was read from.
+
+The file is read with tomlkit, the same library that writes `pensieve config init`'s template,
+so what one writes the other reads identically.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import tomlkit
+import tomlkit.exceptions
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from pensieve.utils.errors import ConfigError
@@ -24,18 +30,26 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Attribute docstrings become field descriptions: `pensieve config init` writes them as the
+    # template's comments, so the schema documents itself in one place.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
+    """Address to bind; 127.0.0.1 keeps the server on this machine."""
     port: int = Field(8000, ge=0, le=65535)
+    """TCP port; 0 lets the system pick one (the PID file records which)."""
     api_key: str | None = "pensieve-local-key"
     """Checked against `x-api-key` / `Authorization: Bearer`. Empty or None disables auth."""
     max_body_mb: float = Field(32.0, gt=0)
+    """Largest request body accepted, in MB; bigger ones get a 413 before being read."""
     cors_origins: list[str] = []
+    """Browser origins allowed to call the API (CORS); empty turns CORS off, "*" allows any."""
     metrics_require_auth: bool = True
+    """Whether GET /metrics needs the API key; false lets a local Prometheus scrape it openly."""
     drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM (`pensieve stop`), seconds in-flight requests get to finish."""
 
 
 class ModelSettings(_Section):
@@ -44,32 +58,47 @@ class ModelSettings(_Section):
     aliases: dict[str, str] = {}
     """Request model name (glob patterns allowed, e.g. `claude-*`) -> served model."""
     unknown: Literal["default", "error"] = "default"
+    """A request naming an unknown model: "default" serves the default model, "error" is a 404."""
     preload: bool = True
+    """Load the default model at start-up instead of on the first request."""
     keep_alive_s: float = Field(0.0, ge=0)
     """Unload a model idle this long; 0 keeps it loaded."""
     memory_budget_fraction: float = Field(0.75, gt=0, le=1)
+    """Share of system memory Pensieve may use for weights, KV caches and buffers."""
     memory_budget_gb: float | None = Field(None, gt=0)
+    """An absolute memory budget in GB; overrides memory_budget_fraction when set."""
     context_length: int | None = Field(None, gt=0)
     """Override the model's own context window (smaller only)."""
     context_policy: Literal["error", "truncate"] = "error"
+    """A prompt longer than the context window: "error" (a 400) or "truncate" old turns."""
 
 
 class PerformanceSettings(_Section):
     max_concurrent_requests: int = Field(5, ge=1)
+    """Sequences decoded together in one batch."""
     max_queued_requests: int = Field(32, ge=0)
+    """Requests allowed to wait for a batch slot; beyond that clients get a 429."""
     prefill_step_size: int = Field(2048, ge=16)
+    """Prompt tokens processed per forward pass during prefill."""
     prefix_cache_mb: float = Field(512.0, ge=0)
+    """Memory for reusing the KV cache of a repeated prompt prefix (Claude Code's system prompt)."""
     warmup: bool = True
+    """Run a short generation after loading so the first request does not pay kernel compilation."""
     cpu_strategy: Literal["auto", "quantized", "dequantized"] = "auto"
+    """On CPU-only MLX: keep weights quantized, dequantize them for speed, or choose by memory."""
 
 
 class LoggingSettings(_Section):
     level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe level written to the terminal and the log file."""
     file: str | None = None
     """JSON-lines log file; defaults to the OS log folder when running in the background."""
     rotation: str = "20 MB"
+    """Start a new log file when the current one reaches this size."""
     retention: int = Field(5, ge=0)
+    """Rotated log files kept; older ones are deleted."""
     compression: str | None = "gz"
+    """Compression for rotated log files ("gz", "bz2", "xz", "zip", or "" for none)."""
     log_content: bool = False
     """Log message contents; off by default so logs never hold prompts."""
 
@@ -80,10 +109,48 @@ class Settings(_Section):
     performance: PerformanceSettings = PerformanceSettings()
     logging: LoggingSettings = LoggingSettings()
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    _config_file: Path | None = PrivateAttr(default=None)
 
     def sources(self) -> dict[str, str]:
-        """Where each dotted key's value came from (`default`, a file path, `env:NAME`, `cli`)."""
+        """Where each dotted key's value came from (`default`, `path:line`, `env:NAME`, `cli`)."""
         return dict(self._sources)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The TOML file these settings were read from, if any (SIGHUP re-reads it)."""
+        return self._config_file
+
+    def get(self, key: str) -> Any:
+        """The value of a dotted key such as `server.port`."""
+        section, _, field = key.partition(".")
+        return getattr(getattr(self, section), field)
+
+    def flat(self, *, redact: bool = True) -> dict[str, Any]:
+        """Every dotted key and its value; secrets masked unless `redact` is False.
+
+        Used by `config show`, the SIGUSR1 diagnostic dump and anything else that prints
+        settings, so no caller has to remember which keys are secret.
+        """
+        out = {}
+        for key in all_keys():
+            value = self.get(key)
+            if redact and key in SECRET_KEYS and value:
+                value = "***"
+            out[key] = value
+        return out
+
+
+SECRET_KEYS = frozenset({"server.api_key"})
+"""Keys whose values never appear in logs, dumps or `config show`."""
+
+RENAMED_KEYS: dict[str, str] = {
+    "server.address": "server.host and server.port",
+    "server.auth_token": "server.api_key",
+    "server.max_concurrent_requests": "performance.max_concurrent_requests",
+    "model.path": "model.default",
+    "performance.memory_limit_gb": "model.memory_budget_gb",
+}
+"""Keys from the original design document's example file, and what replaced them."""
 
 
 ENV_ALIASES: dict[str, str] = {
@@ -100,7 +167,8 @@ ENV_ALIASES: dict[str, str] = {
 """Short names for the keys people set most; every key also has `PENSIEVE_<SECTION>_<KEY>`."""
 
 
-def _all_keys() -> list[str]:
+def all_keys() -> list[str]:
+    """Every dotted settings key, section by section, in schema order."""
     return [
         f"{section}.{field}"
         for section, info in Settings.model_fields.items()
@@ -114,7 +182,7 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
         if name in env:
             layer["server.api_key"] = (env[name], f"env:{name}")
-    for key in _all_keys():
+    for key in all_keys():
         name = "PENSIEVE_" + key.replace(".", "_").upper()
         if name in env:
             layer[key] = (_parse_env_value(env[name]), f"env:{name}")
@@ -134,20 +202,64 @@ def _parse_env_value(raw: str) -> Any:
 
 def _file_layer(path: Path) -> dict[str, tuple[Any, str]]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}; check the path") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}; fix the file or run `pensieve config init`") from exc
+    try:
+        data = tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(
+            f"{path}:{exc.line}: invalid TOML ({exc}); fix the file or run `pensieve config init`"
+        ) from exc
+    lines = key_lines(text)
     layer: dict[str, tuple[Any, str]] = {}
     for section, values in data.items():
+        where = f"{path}:{lines[section]}" if section in lines else str(path)
         if section not in Settings.model_fields:
-            raise ConfigError(f"{path}: unknown section [{section}]; known: {', '.join(Settings.model_fields)}")
+            raise ConfigError(f"{where}: unknown section [{section}]; known: {', '.join(Settings.model_fields)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table")
+            raise ConfigError(f"{where}: [{section}] must be a table")
         for key, value in values.items():
-            layer[f"{section}.{key}"] = (value, str(path))
+            dotted = f"{section}.{key}"
+            line = lines.get(dotted) or lines.get(section)
+            layer[dotted] = (value, f"{path}:{line}" if line else str(path))
     return layer
+
+
+_HEADER = re.compile(r"^\s*\[\[?([^\]]+)\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+_KEY_PART = re.compile(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""")
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Dotted key (and table name) -> 1-based line where it is defined in a TOML text.
+
+    tomlkit keeps formatting but not positions, so the lines are found by a scan that follows
+    table headers and `key =` lines and skips multi-line strings; it only has to be right for
+    files that already parsed, which is when it is used.
+    """
+    found: dict[str, int] = {}
+    table: list[str] = []
+    in_multiline: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_multiline is not None:
+            if line.count(in_multiline) % 2 == 1:
+                in_multiline = None
+            continue
+        if header := _HEADER.match(line):
+            table = _split_key(header.group(1))
+            found.setdefault(".".join(table), number)
+        elif key := _KEY.match(line):
+            dotted = ".".join([*table, *_split_key(key.group(1))])
+            found.setdefault(dotted, number)
+        for quote in ('"""', "'''"):
+            if line.count(quote) % 2 == 1:
+                in_multiline = quote
+    return found
+
+
+def _split_key(raw: str) -> list[str]:
+    return [part.strip("\"'") for part in _KEY_PART.findall(raw)]
 
 
 def find_config_file(explicit: str | Path | None, env: Mapping[str, str]) -> Path | None:
@@ -156,7 +268,7 @@ def find_config_file(explicit: str | Path | None, env: Mapping[str, str]) -> Pat
         return Path(explicit).expanduser()
     if env.get("PENSIEVE_CONFIG"):
         return Path(env["PENSIEVE_CONFIG"]).expanduser()
-    candidate = default_config_file()
+    candidate = default_config_file(env)
     return candidate if candidate.is_file() else None
 
 
@@ -184,9 +296,10 @@ def load_settings(
         settings = Settings.model_validate(nested)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, layers)) from exc
-    sources = {key: "default" for key in _all_keys()}
+    sources = {key: "default" for key in all_keys()}
     sources.update({key: origin for key, (_, origin) in layers.items()})
     settings._sources = sources
+    settings._config_file = path
     return settings
 
 
@@ -195,5 +308,12 @@ def _describe(exc: ValidationError, layers: Mapping[str, tuple[Any, str]]) -> st
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"][:2])
         origin = layers.get(key, (None, "default"))[1]
-        problems.append(f"{key} (from {origin}): {err['msg']}")
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            section = key.partition(".")[0]
+            known = Settings.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+            message = f"unknown key; known keys in [{section}]: {', '.join(known)}"
+            if key in RENAMED_KEYS:
+                message = f"unknown key; use {RENAMED_KEYS[key]} instead"
+        problems.append(f"{key} (from {origin}): {message}")
     return "invalid settings: " + "; ".join(problems) + ". Fix the value or run `pensieve config show`."

@@ -1,0 +1,114 @@
+"""`GET /metrics`: Prometheus text format through prometheus-client.
+
+Each app gets its own `CollectorRegistry` (not the library's global one), so several apps in one
+process, as in the tests, never collide over metric names. Request counters and latency
+histograms are updated by the observing middleware when a request ends; what describes the
+present (queue depth, active sequences, MLX memory, load times) is read from the model provider
+at scrape time by a custom collector, so it can never go stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from pensieve.server.observe import RequestSummary
+from pensieve.server.protocols import ModelProvider
+
+routes = web.RouteTableDef()
+
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.2, 0.5, 1.0)
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class _ProviderCollector(Collector):
+    """Gauges read from the provider when scraped."""
+
+    def __init__(self, provider: ModelProvider) -> None:
+        self.provider = provider
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        models = self.provider.status()
+        queue = GaugeMetricFamily("pensieve_queue_depth", "Requests waiting for a batch slot", labels=["model"])
+        active = GaugeMetricFamily("pensieve_active_sequences", "Sequences being decoded", labels=["model"])
+        load = GaugeMetricFamily("pensieve_model_load_seconds", "Seconds the last load of a model took", labels=["model"])
+        weights = GaugeMetricFamily("pensieve_model_weight_bytes", "Bytes of a loaded model's weights", labels=["model"])
+        state = GaugeMetricFamily("pensieve_model_state", "1 for each model's current state", labels=["model", "state"])
+        for entry in models:
+            name = str(entry.get("name"))
+            state.add_metric([name, str(entry.get("state"))], 1)
+            if isinstance(entry.get("load"), dict):
+                queue.add_metric([name], entry["load"].get("queued", 0))
+                active.add_metric([name], entry["load"].get("active", 0))
+            if "load_seconds" in entry:
+                load.add_metric([name], entry["load_seconds"])
+            if "weight_bytes" in entry:
+                weights.add_metric([name], entry["weight_bytes"])
+        yield from (queue, active, load, weights, state)
+        memory = GaugeMetricFamily("pensieve_mlx_memory_bytes", "MLX allocator memory", labels=["kind"])
+        for key, value in self.provider.memory().items():
+            memory.add_metric([key.removesuffix("_bytes")], value)
+        yield memory
+
+
+class Metrics:
+    """The app's metrics and the one method that records a finished request."""
+
+    def __init__(self, provider: ModelProvider) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "pensieve_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "pensieve_request_duration_seconds", "Time to answer a request, whole", ["route"], buckets=DURATION_BUCKETS, registry=r
+        )
+        self.tokens = Counter("pensieve_tokens", "Tokens processed", ["model", "direction"], registry=r)
+        self.ttft = Histogram(
+            "pensieve_time_to_first_token_seconds", "Queue + prefill time of a generation", ["model"], buckets=TTFT_BUCKETS, registry=r
+        )
+        self.token_latency = Histogram(
+            "pensieve_time_per_output_token_seconds", "Decode time per output token after the first", ["model"], buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.in_progress = Gauge("pensieve_requests_in_progress", "HTTP requests being handled", registry=r)
+        self.reloads = Counter("pensieve_config_reloads", "Configuration reloads (SIGHUP)", registry=r)
+        r.register(_ProviderCollector(provider))
+
+    def observe(self, summary: RequestSummary) -> None:
+        self.requests.labels(summary.route, summary.method, str(summary.status)).inc()
+        self.duration.labels(summary.route).observe(summary.duration_s)
+        if not summary.generated:
+            return
+        model = summary.model or "unknown"
+        self.tokens.labels(model, "in").inc(summary.input_tokens or 0)
+        self.tokens.labels(model, "out").inc(summary.output_tokens or 0)
+        if summary.ttft_s is not None:
+            self.ttft.labels(model).observe(summary.ttft_s)
+        if summary.time_per_token_s is not None:
+            self.token_latency.labels(model).observe(summary.time_per_token_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition; behind the API key unless server.metrics_require_auth is false."""
+    body: Any = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,98 @@
+"""PID file probing (stale, zombie, reused PID) and what a SIGHUP reload applies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pensieve.utils import load_settings
+from pensieve.utils.pidfile import (
+    PidInfo,
+    is_pensieve_process,
+    process_alive,
+    read_pid_file,
+    remove_pid_file,
+    running_server,
+    write_pid_file,
+)
+from pensieve.utils.reload import apply_reload
+
+
+def test_write_is_atomic_private_and_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "pensieve.pid"
+    info = PidInfo(pid=os.getpid(), host="0.0.0.0", port=8123, args=["--port", "8123"])
+    write_pid_file(path, info)
+    assert read_pid_file(path) == info
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["pensieve.pid"]  # no temporary left behind
+    assert info.url == "http://127.0.0.1:8123"
+    assert PidInfo(pid=1, host="::", port=1).url == "http://[::1]:1"
+
+
+def test_dead_and_zombie_processes_are_stale(tmp_path: Path) -> None:
+    path = tmp_path / "pensieve.pid"
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child_pid = child.pid
+    os.waitid(os.P_PID, child_pid, os.WEXITED | os.WNOWAIT)  # wait for the exit, do not reap
+    # Not yet reaped: a zombie still answers kill(pid, 0) but is not running.
+    assert not process_alive(child_pid)
+    write_pid_file(path, PidInfo(pid=child_pid, host="127.0.0.1", port=1))
+    live, stale = running_server(path)
+    assert live is None and stale is not None and stale.pid == child_pid
+    child.wait()
+    assert not process_alive(child_pid)
+
+
+def test_unreadable_file_is_stale_and_only_our_record_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "pensieve.pid"
+    path.write_text("{not json")
+    live, stale = running_server(path)
+    assert live is None and stale is not None
+    write_pid_file(path, PidInfo(pid=os.getpid(), host="127.0.0.1", port=1))
+    assert not remove_pid_file(path, pid=os.getpid() + 1)  # a successor's file stays
+    assert path.exists()
+    assert remove_pid_file(path, pid=os.getpid())
+    assert not path.exists()
+
+
+def test_a_reused_pid_is_not_taken_for_pensieve(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
+        while cmdline.exists() and not cmdline.read_bytes().startswith(b"sleep"):
+            pass  # between fork and exec the child still shows the parent's command line
+        assert process_alive(sleeper.pid)
+        assert is_pensieve_process(sleeper.pid) is False
+        path = tmp_path / "pensieve.pid"
+        write_pid_file(path, PidInfo(pid=sleeper.pid, host="127.0.0.1", port=1))
+        live, stale = running_server(path)
+        assert live is None and stale is not None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_reload_applies_live_keys_in_place_and_lists_the_rest(tmp_path: Path) -> None:
+    env = {"PENSIEVE_HOME": str(tmp_path)}
+    current = load_settings(env=env)
+    server_section = current.server
+    path = tmp_path / "pensieve.toml"
+    path.write_text(
+        '[server]\napi_key = "k2"\nport = 9999\ncors_origins = ["http://x"]\n'
+        '[model]\naliases = { "claude-*" = "tiny" }\nunknown = "error"\n'
+        '[logging]\nlevel = "DEBUG"\n[performance]\nmax_concurrent_requests = 2\n'
+    )
+    result = apply_reload(current, load_settings(path, env=env))
+    assert sorted(result.applied) == [
+        "logging.level", "model.aliases", "model.unknown", "server.api_key", "server.cors_origins"
+    ]
+    assert sorted(result.restart_needed) == ["performance.max_concurrent_requests", "server.port"]
+    assert result.logging_changed
+    assert current.server is server_section  # mutated in place: holders of the object see it
+    assert current.server.api_key == "k2" and current.model.aliases == {"claude-*": "tiny"}
+    assert current.server.port == 8000 and current.performance.max_concurrent_requests == 5
+    assert current.sources()["server.api_key"] == f"{path}:2"
+    assert current.sources()["server.port"] == "default"
+    assert current.config_file == path
