@@ -1,0 +1,81 @@
+"""Header facts and the memory estimate, checked against what MLX actually allocates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx_lm
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.models.cache import make_prompt_cache
+
+from pensieve.modelmgr.estimate import MIN_CONTEXT, estimate_memory, plan_memory
+from pensieve.modelmgr.facts import ModelFacts, model_facts
+from pensieve.modelmgr.gguf import read_gguf
+from pensieve.modelmgr.gguf_header import read_gguf_header
+from pensieve.modelmgr.sources import source_from_path
+from pensieve.modelmgr.synthetic import make_random_model
+from pensieve.utils import ModelLoadError
+from tests.modelmgr.gguf_files import T, random_model, write_gguf
+
+
+@pytest.mark.parametrize("weight_type", [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_1, T.BF16], ids=lambda t: t.name)
+def test_gguf_header_predicts_loaded_bytes(tmp_path: Path, weight_type: T) -> None:
+    model, config = random_model("qwen2", 49152)
+    path = tmp_path / "m.gguf"
+    write_gguf(path, model, config, "qwen2", weight_type)
+    header = read_gguf_header(path)
+    loaded, _ = read_gguf(path)
+    assert header.memory_bytes == sum(v.nbytes for v in loaded.values())
+    assert header.quantization == weight_type.name
+    facts = model_facts(source_from_path(path))
+    assert facts.context_length == 4096 and facts.config["model_type"] == "qwen2"
+    assert facts.disk_bytes == path.stat().st_size
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_mlx_folder_facts_match_the_loaded_model(tmp_path: Path, bits: int | None) -> None:
+    folder = make_random_model(tmp_path / "m", "tiny-llama", bits=bits, context_length=4096)
+    facts = model_facts(source_from_path(folder))
+    model, _ = mlx_lm.load(str(folder))
+    assert facts.weight_bytes == sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    assert facts.quantization == ("4-bit (group 64)" if bits else "f32")
+    assert facts.context_length == 4096
+
+    # The KV term: a real cache after 512 tokens holds exactly 512 tokens' worth.
+    cache = make_prompt_cache(model)
+    model(mx.zeros((1, 512), dtype=mx.int32), cache=cache)
+    mx.eval([c.state for c in cache])
+    assert sum(c.nbytes for c in cache) == 512 * facts.kv_bytes_per_token
+
+
+@pytest.fixture(scope="module")
+def facts(tiny_mlx: Path) -> ModelFacts:
+    return model_facts(source_from_path(tiny_mlx))
+
+
+def test_plan_keeps_the_full_window_when_it_fits(facts: ModelFacts) -> None:
+    plan = plan_memory(facts, name="m", budget=2**40, concurrency=5, prefill_step=2048, configured_context=None)
+    assert plan.context_length == facts.context_length == 32768
+    assert plan.kv_cache == 32768 * 5 * facts.kv_bytes_per_token
+    assert plan.total == plan.weights + plan.kv_cache + plan.overhead
+
+
+def test_plan_shrinks_an_unconfigured_window_to_fit(facts: ModelFacts) -> None:
+    at_4k = estimate_memory(facts, context_length=4096, concurrency=5, prefill_step=2048)
+    plan = plan_memory(facts, name="m", budget=at_4k.total + 100, concurrency=5, prefill_step=2048, configured_context=None)
+    assert plan.context_length == 4096 and plan.total <= at_4k.total + 100
+
+
+def test_plan_refuses_a_configured_window_that_does_not_fit(facts: ModelFacts) -> None:
+    at_4k = estimate_memory(facts, context_length=4096, concurrency=5, prefill_step=2048)
+    with pytest.raises(ModelLoadError, match=r"set model.context_length to 4096 or less") as info:
+        plan_memory(facts, name="m", budget=at_4k.total, concurrency=5, prefill_step=2048, configured_context=16384)
+    assert "more than the memory budget" in info.value.message and "swap" in info.value.message
+
+
+def test_plan_refuses_a_model_too_big_for_the_budget(facts: ModelFacts) -> None:
+    floor = estimate_memory(facts, context_length=MIN_CONTEXT, concurrency=5, prefill_step=2048)
+    with pytest.raises(ModelLoadError, match="smaller or more quantized model"):
+        plan_memory(facts, name="m", budget=floor.total - 1, concurrency=5, prefill_step=2048, configured_context=None)
