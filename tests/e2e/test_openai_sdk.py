@@ -196,9 +196,13 @@ def test_completions_use_the_raw_prompt(tiny_server: ServerThread, client: opena
 
 def test_models_via_sdk(tiny_server: ServerThread, client: openai.OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [tiny_server.pool.default_name]
-    assert models.data[0].object == "model" and models.data[0].owned_by == "pensieve"
-    assert client.models.retrieve(models.data[0].id).id == models.data[0].id
+    default = tiny_server.pool.default_name
+    assert default in [m.id for m in models.data]
+    assert all(m.object == "model" and m.owned_by == "pensieve" for m in models.data)
+    assert client.models.retrieve(default).id == default
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-model")
+    assert info.value.param == "model"
 
 
 def test_wrong_key_is_401_in_openai_shape(tiny_server: ServerThread) -> None:
