@@ -34,7 +34,7 @@ def memory_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
 def decode_tps(model, tokenizer, prompt: list[int], max_tokens: int) -> float:
     first = None
     count = 0
-    for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(0.0)):
+    for _ in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(0.0)):
         count += 1
         if first is None:
             first = time.perf_counter()

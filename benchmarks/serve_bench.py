@@ -24,7 +24,14 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from harness import ServerProcess, concurrent, free_port, mlx_lm_server, pensieve_server, stream_chat  # noqa: E402
+from harness import (  # noqa: E402
+    ServerProcess,
+    concurrent,
+    free_port,
+    mlx_lm_server,
+    pensieve_server,
+    stream_chat,
+)
 
 FILLER = (
     "The history of the river valley is long. Farmers planted barley and flax along its banks, "
@@ -158,22 +165,33 @@ def main() -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--quick", action="store_true", help="tiny run to prove the benchmark works (CI)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--workdir", type=Path, help="keep the prepared model here and reuse it on the next run")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer folder for synthetic models (default: the embedded model's)")
     args = parser.parse_args()
     import mlx.core as mx
     import mlx_lm
 
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        model = prepare_model(args.model, workdir, args.tokenizer)
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        done = workdir / "prepared-model.txt"
+        if done.is_file() and done.read_text().split("\n")[0] == args.model:
+            model = Path(done.read_text().split("\n")[1])
+        else:
+            model = prepare_model(args.model, workdir, args.tokenizer)
+            done.write_text(f"{args.model}\n{model}")
+        print(f"model ready: {model}", flush=True)
         harness.MODEL_NAME = str(model)
+        print("mlx-lm in-process ...", flush=True)
         inproc = json.loads(
             subprocess.run(
                 [sys.executable, str(Path(__file__).with_name("inprocess.py")), str(model), "32" if args.quick else "256"],
                 check=True, capture_output=True, text=True,
             ).stdout.strip().splitlines()[-1]
         )
+        print(f"in-process: {inproc}\nPensieve ...", flush=True)
         p = run_server(pensieve_server(str(model), free_port(), workdir / "home", 5), workdir, args.quick)
+        print(f"Pensieve: {p}\nmlx_lm.server ...", flush=True)
         m = run_server(mlx_lm_server(str(model), free_port()), workdir, args.quick)
     meta = {
         "model": args.model,
