@@ -60,6 +60,7 @@ def make_random_model(
     context_length: int | None = None,
     dtype: mx.Dtype = mx.float32,
     hf_format: bool = False,
+    tokenizer: Any = None,
 ) -> Path:
     """Write `out_dir` (config.json, weights, tokenizer) and return it.
 
@@ -67,7 +68,8 @@ def make_random_model(
     `architectures` and `torch_dtype` in the config, PyTorch's safetensors metadata, no
     mlx-lm quantization. That is what `pensieve models convert` starts from.
     """
-    tokenizer = tokenizer_wrapper_from_gguf(read_gguf(embedded_model_path())[1])
+    if tokenizer is None:  # an mlx-lm TokenizerWrapper; default: the embedded model's
+        tokenizer = tokenizer_wrapper_from_gguf(read_gguf(embedded_model_path())[1])
     config = dict(PRESETS[preset])
     config["vocab_size"] = len(tokenizer.get_vocab())
     config["eos_token_id"] = sorted(tokenizer.eos_token_ids)
