@@ -163,3 +163,14 @@ def expected_model(shape: str, config: dict[str, Any], weights: dict[str, mx.arr
     model.load_weights(list(weights.items()))
     mx.eval(model.parameters())
     return model
+
+
+def write_unsupported_gguf(path: Path, weight_type: T) -> None:
+    """A llama-labelled file whose one tensor uses `weight_type` (bytes left zero)."""
+    block_weights, block_bytes = gguf.GGML_QUANT_SIZES[weight_type]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, block_bytes), dtype=np.uint8), raw_dtype=weight_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pensieve.modelmgr.facts import context_length_of, model_facts
+from pensieve.modelmgr.facts import ModelFacts, context_length_of, model_facts
 from pensieve.modelmgr.gguf import load_gguf
 from pensieve.modelmgr.sources import ModelSource
 from pensieve.utils import ModelLoadError
 from pensieve.utils.logging import logger
 
-__all__ = ["LoadedModel", "context_length_of", "load_source"]
+__all__ = ["LoadedModel", "check_source", "context_length_of", "load_source"]
 
 
 @dataclass(slots=True)
@@ -48,19 +48,31 @@ def _load_mlx_folder(path: Path) -> tuple[Any, Any, dict[str, Any]]:
     return model, tokenizer, config
 
 
+def check_source(source: ModelSource) -> ModelFacts:
+    """The source's facts, or a ModelLoadError that names the model and says what is wrong."""
+    try:
+        return model_facts(source)
+    except ModelLoadError as exc:
+        raise _named(exc, source) from exc
+
+
+def _named(exc: ModelLoadError, source: ModelSource) -> ModelLoadError:
+    if source.name in exc.message:
+        return exc
+    return ModelLoadError(f"could not load model '{source.name}': {exc.message}")
+
+
 def load_source(source: ModelSource) -> LoadedModel:
     """Blocking load; call it off the event loop."""
     start = time.perf_counter()
+    check_source(source)
     try:
-        model_facts(source)  # the checks that give clear errors
         if source.kind in ("embedded", "gguf"):
             model, tokenizer, config = load_gguf(source.path)
         else:
             model, tokenizer, config = _load_mlx_folder(source.path)
     except ModelLoadError as exc:
-        if source.name in exc.message:
-            raise
-        raise ModelLoadError(f"could not load model '{source.name}': {exc.message}") from exc
+        raise _named(exc, source) from exc
     except Exception as exc:
         raise ModelLoadError(f"could not load model '{source.name}' from {source.path}: {exc}") from exc
     weight_bytes = sum(v.nbytes for _, v in _flat_parameters(model))

@@ -27,8 +27,8 @@ from pensieve.engine import Engine, EngineConfig
 from pensieve.metal import memory_budget_bytes, memory_stats
 from pensieve.modelmgr.catalog import describe_source, servable
 from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
-from pensieve.modelmgr.facts import ModelFacts, model_facts, source_signature
-from pensieve.modelmgr.loader import LoadedModel, load_source
+from pensieve.modelmgr.facts import ModelFacts, source_signature
+from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
 from pensieve.utils import ModelLoadError, NotFoundError, OverloadedError, PensieveError, Settings
@@ -127,7 +127,9 @@ class ModelPool:
                 raise ModelLoadError(served.error)  # unchanged files: fail fast, no reload
             served.loading = asyncio.create_task(self._load(served))
             served.loading.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await asyncio.shield(served.loading)
+        engine = await asyncio.shield(served.loading)
+        served.last_used = time.monotonic()  # idle time starts now, not before a long load
+        return engine
 
     def _plan(self, source: ModelSource, facts: ModelFacts) -> MemoryEstimate:
         return plan_memory(
@@ -143,7 +145,7 @@ class ModelPool:
         served.error = served.error_signature = None
         name = served.source.name
         try:
-            facts = await asyncio.to_thread(model_facts, served.source)
+            facts = await asyncio.to_thread(check_source, served.source)
             estimate = self._plan(served.source, facts)
             async with self._admission:
                 await self._make_room(served, estimate.total)
@@ -175,6 +177,7 @@ class ModelPool:
                 served.error = f"could not load model '{name}': {exc}"
             raise
         served.loaded, served.engine = loaded, engine
+        served.last_used = time.monotonic()
         logger.info(
             "model {} ready: loaded in {:.2f}s, estimated {}", name, loaded.load_seconds, estimate.describe()
         )
