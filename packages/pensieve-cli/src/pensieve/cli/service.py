@@ -58,7 +58,6 @@ def systemd_unit(settings: Settings, python: str = sys.executable) -> str:
     return (
         "[Unit]\n"
         "Description=Pensieve local LLM server (Anthropic and OpenAI APIs on MLX)\n"
-        "Documentation=https://github.com/pensieve/pensieve/blob/main/docs/operations.md\n"
         "After=network.target\n"
         "\n"
         "[Service]\n"

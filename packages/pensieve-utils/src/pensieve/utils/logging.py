@@ -5,7 +5,8 @@ configuration covers everything the process says.
 
 Every file line is one JSON object: `timestamp`, `level`, `component` (the Pensieve package or
 library that spoke), `message`, `request_id` (bound for the whole life of an HTTP request with
-`logger.contextualize`) and `metadata` (whatever else was bound, e.g. a request's token counts).
+`logger.contextualize`), `pid`, and `metadata` (whatever else was bound, e.g. a request's token
+counts).
 The configured API key is replaced by `***` in every message before any sink sees it, so a
 careless log call cannot leak it.
 """
@@ -79,6 +80,7 @@ def json_line(record: Any) -> str:
         "component": extra.get("component", "pensieve"),
         "message": record["message"],
         "request_id": extra.get("request_id"),
+        "pid": record["process"].id,  # old and new server share the file across a restart
     }
     metadata = {k: v for k, v in extra.items() if k not in _RESERVED_EXTRA and not k.startswith("_")}
     if metadata:
