@@ -9,6 +9,7 @@ only place a request's model name may reach.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 from pathlib import Path
@@ -80,12 +81,16 @@ def link_tree(source: Path, target: Path, only: str | None = None) -> None:
     """Recreate `source` (a snapshot of symlinks to blobs) at `target` with hard links.
 
     Hard links share the cache's bytes on the same filesystem; elsewhere the files are copied.
-    Either way the store holds real files and no link out of it.
+    Either way the store holds real files and no link out of it. Only model files are taken:
+    offline, the cache's snapshot may also hold files another tool downloaded.
     """
     target.mkdir(parents=True, exist_ok=True)
     files = [source / only] if only else [p for p in source.rglob("*") if p.is_file()]
     for file in files:
-        if ".cache" in file.relative_to(source).parts:
+        relative = file.relative_to(source)
+        if ".cache" in relative.parts:
+            continue
+        if not only and not any(fnmatch.fnmatch(str(relative), p) for p in MODEL_PATTERNS):
             continue
         dest = target / (file.name if only else file.relative_to(source))
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +111,7 @@ def pull(
     replace: bool = False,
 ) -> StoreEntry:
     """Download `repo` and add it to the store as `name` (default: the repo id)."""
+    check_repo_id(repo)
     name = name or repo
     store.entry_path(name)  # validate before downloading anything
     snapshot = download_snapshot(repo, revision=revision, filename=filename)
