@@ -144,24 +144,28 @@ class Engine:
                 yield event
 
     async def warmup(self) -> float:
-        """Run short generations covering prefill and decode shapes; returns seconds taken.
+        """Run short generations through both paths; returns the seconds taken.
 
-        MLX compiles kernels on first use (tens of seconds on CUDA, less on Metal); paying that
-        at load time keeps it off the first user's request.
+        MLX compiles kernels the first time each shape is used (tens of seconds on CUDA, less
+        on Metal). One lone sequence covers the single-sequence path and two at once the
+        batched one, each with a short and a longer prefill, so that cost is paid at load time
+        and not by the first user.
         """
         start = time.perf_counter()
-        vocab = max(2, len(self.tokenizer.eos_token_ids) + 10)
-        for length in (8, 96):
-            queue: asyncio.Queue[Any] = asyncio.Queue()
-            job = Job(
-                prompt=[(i % vocab) + 1 for i in range(length)],
-                max_tokens=4,
-                loop=asyncio.get_running_loop(),
-                sink=lambda t, f, e, q=queue: q.put_nowait((t, f, e)),
-            )
-            self._scheduler.submit(job)
-            while (await queue.get())[1] is None:
-                pass
+        loop = asyncio.get_running_loop()
+        token = max(self.tokenizer.eos_token_ids) + 1
+
+        async def run(lengths: tuple[int, ...]) -> None:
+            queues = [asyncio.Queue[Any]() for _ in lengths]
+            for n, queue in zip(lengths, queues, strict=True):
+                sink = lambda t, f, e, q=queue: q.put_nowait((t, f, e))  # noqa: E731
+                self._scheduler.submit(Job(prompt=[token] * n, max_tokens=4, loop=loop, sink=sink))
+            for queue in queues:
+                while (await queue.get())[1] is None:
+                    pass
+
+        for lengths in ((8,), (200,), (8, 200)):
+            await run(lengths)
         return time.perf_counter() - start
 
     def close(self) -> None:

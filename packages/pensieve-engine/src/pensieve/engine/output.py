@@ -4,6 +4,15 @@ Decoded text arrives a few characters at a time, so a stop sequence or a marker 
 `<tool_call>` can straddle two pieces. The parser holds back exactly the tail that could still
 turn into one, which is why clients never see a partial stop sequence or a half-written
 tool-call marker, and emits everything else at once.
+
+Decisions:
+- A tool call is emitted whole, when its end marker arrives (or at the end of generation for
+  families such as Mistral's that have no end marker), never as text.
+- A call whose text no parser understands is shown as the text the model wrote, markers
+  included, rather than lost; it does not count as a tool call, so the turn ends `end_turn`.
+- Stop sequences are matched in answer text only, not inside reasoning or a tool call's JSON
+  (where a short stop string such as `}` would otherwise cut a call in half).
+- Reasoning is hidden, not shown as text, unless the request asked for thinking.
 """
 
 from __future__ import annotations
@@ -91,7 +100,8 @@ class OutputParser:
     ) -> None:
         self._stop = [s for s in (stop or []) if s]
         self._m = markers
-        self._parse_tools = parse_tools and bool(markers.tool_start and markers.tool_end)
+        # An empty end marker (Mistral's `[TOOL_CALLS]…`) means the call runs to the end of output.
+        self._parse_tools = parse_tools and bool(markers.tool_start)
         self._tool_parser = tool_parser
         self._tools = tools
         self._show_thinking = show_thinking
@@ -138,6 +148,10 @@ class OutputParser:
                 if self._state == "tool":
                     return out  # a tool call is emitted whole, never as text
                 keep = _held_tail(self._buf, needles)
+                if self._state == "text" and self._parse_tools:
+                    # Whitespace before a tool call is dropped, so hold it until text follows.
+                    ready = self._buf[: len(self._buf) - keep]
+                    keep += len(ready) - len(ready.rstrip())
                 ready, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
                 self._emit(out, ready)
                 return out
@@ -166,11 +180,11 @@ class OutputParser:
             self._emit(out, before.rstrip())
             self._state = "tool"
 
-    def _finish_call(self, out: list, raw: str) -> None:
+    def _finish_call(self, out: list, raw: str, *, closed: bool = True) -> None:
         calls = _parse_call(raw, self._tool_parser, self._tools)
         if not calls:  # unparseable: show what the model wrote rather than lose it
             self._state = "text"
-            self._emit(out, f"{self._m.tool_start}{raw}{self._m.tool_end}")
+            self._emit(out, f"{self._m.tool_start}{raw}{self._m.tool_end if closed else ''}")
             return
         for call in calls:
             out.append(ToolCallEvent(call))
@@ -183,7 +197,7 @@ class OutputParser:
             return out
         rest, self._buf = self._buf, ""
         if self._state == "tool":
-            self._finish_call(out, rest)
+            self._finish_call(out, rest, closed=False)
         else:
             self._emit(out, rest)
         return out

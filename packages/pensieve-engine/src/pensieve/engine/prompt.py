@@ -5,6 +5,13 @@ many know nothing of tools. Rather than failing on what real clients send (Claud
 `system` turns mid-conversation and sends two dozen tools), this module normalizes the
 conversation first and, for templates without tool support, renders tools in the generic
 `<tool_call>` format documented in docs/api.md, which `pensieve.engine.output` parses back.
+
+Normalization, in order: system turns after the first become `[System note]` lines on the next
+user turn; consecutive user turns are joined (Anthropic treats them as one turn, and strict
+templates reject them); tool results follow the template's `tool` role, or become
+`<tool_response>` user turns in the generic format. A `tool_choice` of `any` or a named tool,
+and `disable_parallel_tool_use`, cannot be enforced without constrained decoding, so they
+become an instruction at the end of the system prompt (see `tool_choice_instruction`).
 """
 
 from __future__ import annotations
@@ -92,32 +99,78 @@ def _fold_system_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
     return out
 
 
+def tool_choice_instruction(request: ChatRequest) -> str:
+    """What the model is told when the client restricts its use of tools; "" for `auto`.
+
+    A local model samples freely, so `any`, a named tool and `disable_parallel_tool_use` are
+    requests to the model, not guarantees (the engine does stop after the first complete call
+    when parallel calls are off). `none` needs no words: the tools are not shown at all.
+    """
+    if not request.tools or request.tool_choice == "none":
+        return ""
+    notes = []
+    if request.tool_choice == "any":
+        notes.append("In this reply, you must call at least one of the available functions.")
+    elif request.tool_choice != "auto":
+        notes.append(f"In this reply, you must call the function `{request.tool_choice}`.")
+    if not request.parallel_tool_calls:
+        notes.append("Call at most one function in this reply.")
+    return " ".join(notes)
+
+
+def _add_to_system(messages: list[ChatMessage], text: str) -> None:
+    if not text:
+        return
+    if messages and messages[0].role == "system":
+        messages[0] = messages[0].model_copy(update={"content": f"{messages[0].content}\n\n{text}".strip()})
+    else:
+        messages.insert(0, ChatMessage(role="system", content=text))
+
+
+def _join_user_turns(rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for msg in rendered:
+        if out and msg["role"] == "user" and out[-1]["role"] == "user" and set(msg) == set(out[-1]) == {"role", "content"}:
+            out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n\n{msg['content']}"}
+        else:
+            out.append(msg)
+    return out
+
+
+def _assistant_message(msg: ChatMessage, native_tools: bool) -> dict[str, Any]:
+    if msg.tool_calls and not native_tools:
+        out: dict[str, Any] = {"role": "assistant", "content": _generic_call_text(msg)}
+    elif msg.tool_calls:
+        out = {
+            "role": "assistant",
+            "content": msg.content,
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in msg.tool_calls
+            ],
+        }
+    else:
+        out = {"role": "assistant", "content": msg.content}
+    if msg.reasoning:
+        # Templates of reasoning models (Qwen3, …) render earlier reasoning from this key; the
+        # others ignore it.
+        out["reasoning_content"] = msg.reasoning
+    return out
+
+
 def _template_messages(request: ChatRequest, native_tools: bool) -> list[dict[str, Any]]:
     messages = _fold_system_turns(request.messages)
     if request.tools and not native_tools and request.tool_choice != "none":
-        preamble = _GENERIC_TOOL_PREAMBLE.format(
-            tools="\n".join(json.dumps(_tool_json(t)) for t in request.tools)
+        _add_to_system(
+            messages,
+            _GENERIC_TOOL_PREAMBLE.format(tools="\n".join(json.dumps(_tool_json(t)) for t in request.tools)),
         )
-        if messages and messages[0].role == "system":
-            messages[0] = messages[0].model_copy(update={"content": f"{messages[0].content}\n\n{preamble}"})
-        else:
-            messages.insert(0, ChatMessage(role="system", content=preamble))
+    _add_to_system(messages, tool_choice_instruction(request))
 
     rendered: list[dict[str, Any]] = []
     for msg in messages:
-        if msg.role == "assistant" and msg.tool_calls and not native_tools:
-            rendered.append({"role": "assistant", "content": _generic_call_text(msg)})
-        elif msg.role == "assistant" and msg.tool_calls:
-            rendered.append(
-                {
-                    "role": "assistant",
-                    "content": msg.content,
-                    "tool_calls": [
-                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                        for c in msg.tool_calls
-                    ],
-                }
-            )
+        if msg.role == "assistant":
+            rendered.append(_assistant_message(msg, native_tools))
         elif msg.role == "tool" and not native_tools:
             text = f"<tool_response>\n{msg.content}\n</tool_response>"
             if rendered and rendered[-1]["role"] == "user" and rendered[-1]["content"].startswith("<tool_response>"):
@@ -128,7 +181,7 @@ def _template_messages(request: ChatRequest, native_tools: bool) -> list[dict[st
             rendered.append({"role": "tool", "content": msg.content, "tool_call_id": msg.tool_call_id, "name": msg.name})
         else:
             rendered.append({"role": msg.role, "content": msg.content})
-    return rendered
+    return _join_user_turns(rendered)
 
 
 def render_prompt(tokenizer: Any, request: ChatRequest) -> RenderedPrompt:

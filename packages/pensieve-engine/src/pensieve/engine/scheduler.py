@@ -1,10 +1,14 @@
 """Continuous batching on one compute thread.
 
-All MLX work for a model happens on this thread: MLX streams and the KV caches are not safe to
+All MLX work for a model happens on this thread: MLX streams and KV caches are not safe to
 share across threads, and keeping compute off the event loop keeps the HTTP side responsive
-while a long prompt is prefilled. Requests arrive through a lock-protected inbox, join the batch
-between decode steps (mlx-lm's `BatchGenerator` interleaves chunked prefill with decoding), and
-each generated token is handed back to the request's event loop with `call_soon_threadsafe`.
+while a long prompt is prefilled. Requests arrive through a lock-protected inbox and each
+generated token is handed back to the request's event loop with `call_soon_threadsafe`.
+
+A lone sequence runs on the fast single-sequence path (`solo.py`); as soon as a second one
+arrives, both move into mlx-lm's `BatchGenerator`, which interleaves chunked prefill with
+batched decoding; when the batch is down to one sequence again, it moves back. A sequence
+moves with its KV cache, so nothing is recomputed but the one token in flight.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
+from pensieve.engine.solo import SoloSequence
 from pensieve.utils.logging import logger
 
 TokenSink = Callable[[int | None, str | None, BaseException | None], None]
@@ -28,7 +33,7 @@ TokenSink = Callable[[int | None, str | None, BaseException | None], None]
 
 @dataclass(eq=False)
 class Job:
-    """One sequence's place in the batch, as seen from both threads."""
+    """One sequence, as seen from both threads."""
 
     prompt: list[int]
     max_tokens: int
@@ -37,12 +42,17 @@ class Job:
     sampler: Any = None
     cached: int = 0
     """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
+    history: list[int] = field(default_factory=list)
+    """Prompt plus generated tokens (compute thread only)."""
     enqueued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None
     first_token_at: float | None = None
     cancelled: bool = False
-    uid: int | None = None
     finished: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return self.max_tokens - (len(self.history) - len(self.prompt))
 
     def deliver(self, token: int | None, finish: str | None, error: BaseException | None = None) -> None:
         try:
@@ -52,7 +62,7 @@ class Job:
 
 
 class Scheduler:
-    """Owns the model's compute thread and its `BatchGenerator`."""
+    """Owns the model's compute thread, its solo sequence and its `BatchGenerator`."""
 
     def __init__(
         self,
@@ -65,17 +75,19 @@ class Scheduler:
         name: str = "model",
     ) -> None:
         self._model = model
+        self._stop_ids = frozenset(stop_token_ids)
         self._stop = StopSequences([[t] for t in sorted(stop_token_ids)])
         self._max_batch = max_batch
-        self._name = name
         self._prefill_step_size = prefill_step_size
+        self._name = name
         # Multi-turn chats and agent sessions re-send a long identical prefix; mlx-lm's LRU trie of
         # KV caches finds the longest cached prefix (trimming a longer entry if needed), so only
-        # the new tokens are prefilled. It is touched on the compute thread only.
+        # the new tokens are prefilled. Touched on the compute thread only.
         self._prefix = LRUPromptCache(max_size=64, max_bytes=prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._inbox: list[Job] = []
         self._calls: list[Callable[[], None]] = []
-        self._jobs: dict[int, Job] = {}
+        self._solo: tuple[Job, SoloSequence] | None = None
+        self._batch: dict[int, Job] = {}
         self._wake = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"pensieve-compute-{name}", daemon=True)
@@ -85,7 +97,7 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self._jobs)
+        return len(self._batch) + (self._solo is not None)
 
     @property
     def pending(self) -> int:
@@ -109,7 +121,7 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the compute thread and wait for it (warm-up, cache operations)."""
+        """Run `fn` on the compute thread and wait for it."""
         done = threading.Event()
         box: dict[str, Any] = {}
 
@@ -143,44 +155,41 @@ class Scheduler:
         self._ready.set()
         while True:
             with self._wake:
-                while not (self._inbox or self._jobs or self._calls or self._closing):
+                while not (self._inbox or self._batch or self._solo or self._calls or self._closing):
                     self._wake.wait()
                 if self._closing:
                     break
-                inbox, self._inbox = self._inbox, []
+                inbox, self._inbox = [j for j in self._inbox if not j.cancelled], []
                 calls, self._calls = self._calls, []
             for task in calls:
                 task()
-            self._admit(generator, inbox)
-            self._drop_cancelled(generator)
-            if self._jobs and not self._step(generator):
+            try:
+                self._drop_cancelled(generator)
+                self._admit(generator, inbox)
+                if self._solo is not None:
+                    self._step_solo()
+                elif self._batch:
+                    self._step_batch(generator)
+                    if len(self._batch) == 1 and not self._inbox:
+                        self._to_solo(generator)
+            except Exception as exc:
+                logger.opt(exception=exc).error("generation step failed; failing the active sequences")
+                self._fail_all(exc)
                 generator.close()
                 generator = self._new_generator()
-        for job in self._jobs.values():
+        for job in self._jobs():
             job.deliver(None, "cancelled")
         generator.close()
 
-    def _admit(self, generator: BatchGenerator, inbox: list[Job]) -> None:
-        for job in inbox:
-            if job.cancelled:
-                continue
-            cache, rest = self._cached_prefix(job.prompt)
-            job.cached = len(job.prompt) - len(rest)
-            try:
-                (uid,) = generator.insert(
-                    [rest],
-                    max_tokens=[job.max_tokens],
-                    caches=[cache],
-                    all_tokens=[job.prompt[: job.cached]],
-                    samplers=[job.sampler],
-                    stop_sequences=[self._stop],
-                )
-            except Exception as exc:
-                job.deliver(None, "error", exc)
-                continue
-            job.uid = uid
-            job.started_at = time.perf_counter()
-            self._jobs[uid] = job
+    def _jobs(self) -> list[Job]:
+        return [*self._batch.values(), *([self._solo[0]] if self._solo else [])]
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for job in self._jobs():
+            job.deliver(None, "error", exc)
+        self._batch.clear()
+        self._solo = None
+        mx.clear_cache()
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
         if self._prefix is None:
@@ -191,44 +200,114 @@ class Scheduler:
             rest = prompt[-1:]
         return cache, rest
 
-    def _keep_prefix(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+    def _keep_prefix(self, tokens: list[int], cache: list[Any] | None) -> None:
+        """A finished or stopped sequence leaves its KV cache for the conversation's next turn."""
         if self._prefix is not None and tokens and cache:
             self._prefix.insert_cache(self._name, list(tokens), cache)
 
+    def _admit(self, generator: BatchGenerator, inbox: list[Job]) -> None:
+        if not inbox:
+            return
+        now = time.perf_counter()
+        for job in inbox:
+            job.started_at = now
+            job.history = list(job.prompt)
+        if self._solo is None and not self._batch and len(inbox) == 1:
+            job = inbox[0]
+            cache, rest = self._cached_prefix(job.prompt)
+            job.cached = len(job.prompt) - len(rest)
+            self._solo = (job, self._solo_for(job, cache, rest))
+            return
+        if self._solo is not None:
+            job, solo = self._solo
+            self._solo = None
+            cache, to_feed = solo.detach()
+            self._insert(generator, job, cache, to_feed)
+        for job in inbox:
+            cache, rest = self._cached_prefix(job.prompt)
+            job.cached = len(job.prompt) - len(rest)
+            self._insert(generator, job, cache, rest)
+
+    def _solo_for(self, job: Job, cache: list[Any] | None, to_feed: list[int]) -> SoloSequence:
+        return SoloSequence(
+            self._model,
+            job.history,
+            cache,
+            to_feed,
+            sampler=job.sampler,
+            budget=job.remaining,
+            prefill_step_size=self._prefill_step_size,
+        )
+
+    def _insert(self, generator: BatchGenerator, job: Job, cache: list[Any] | None, to_feed: list[int]) -> None:
+        (uid,) = generator.insert(
+            [to_feed],
+            max_tokens=[job.remaining],
+            caches=[cache],
+            all_tokens=[job.history[: len(job.history) - len(to_feed)]],
+            samplers=[job.sampler],
+            stop_sequences=[self._stop],
+        )
+        self._batch[uid] = job
+
+    def _to_solo(self, generator: BatchGenerator) -> None:
+        """The batch is down to one sequence: move it back to the faster single path."""
+        (uid,) = self._batch
+        job = self._batch.pop(uid)
+        cache, tokens = generator.remove([uid], return_prompt_caches=True)[uid]
+        fed = len(tokens)
+        if fed == len(job.history):  # the last token was fed; its successor was dropped
+            trim_prompt_cache(cache, 1)
+            fed -= 1
+        self._solo = (job, self._solo_for(job, cache, job.history[fed:]))
+
     def _drop_cancelled(self, generator: BatchGenerator) -> None:
-        gone = [uid for uid, job in self._jobs.items() if job.cancelled]
+        if self._solo is not None and self._solo[0].cancelled:
+            job, solo = self._solo
+            self._solo = None
+            cache, _ = solo.detach()
+            self._keep_prefix(job.history[: solo.fed], cache)
+            job.deliver(None, "cancelled")
+        gone = [uid for uid, job in self._batch.items() if job.cancelled]
         if gone:
-            # A sequence stopped early (stop sequence, parsed tool call, client gone) still
-            # leaves a useful prefix for the conversation's next turn.
-            for tokens_cache in generator.remove(gone, return_prompt_caches=self._prefix is not None).values():
-                cache, tokens = tokens_cache
+            for cache, tokens in generator.remove(gone, return_prompt_caches=self._prefix is not None).values():
                 self._keep_prefix(tokens, cache)
             for uid in gone:
-                self._jobs.pop(uid).deliver(None, "cancelled")
+                self._batch.pop(uid).deliver(None, "cancelled")
 
-    def _step(self, generator: BatchGenerator) -> bool:
-        """One batch step; False if it failed and the generator must be replaced."""
-        try:
-            _, responses = generator.next()
-        except Exception as exc:
-            logger.opt(exception=exc).error("generation step failed; failing the batch")
-            for uid in list(self._jobs):
-                self._jobs.pop(uid).deliver(None, "error", exc)
-            mx.clear_cache()
-            return False
+    def _step_solo(self) -> None:
+        job, solo = self._solo  # type: ignore[misc]
+        token = solo.advance()
+        if token is None:
+            return
+        job.first_token_at = job.first_token_at or time.perf_counter()
+        if token in self._stop_ids:
+            finish: str | None = "stop"
+        elif solo.budget <= 0:
+            finish = "length"
+        else:
+            job.deliver(token, None)
+            return
+        self._solo = None
+        job.finished = True
+        cache, _ = solo.detach()
+        self._keep_prefix(job.history[: solo.fed], cache)
+        job.deliver(None if finish == "stop" else token, finish)
+
+    def _step_batch(self, generator: BatchGenerator) -> None:
+        _, responses = generator.next()
         now = time.perf_counter()
         for r in responses:
-            job = self._jobs.get(r.uid)
+            job = self._batch.get(r.uid)
             if job is None:
                 continue
-            if job.first_token_at is None:
-                job.first_token_at = now
-            if r.finish_reason is not None:
-                job.finished = True
-                self._keep_prefix(r.all_tokens, r.prompt_cache)
-                self._jobs.pop(r.uid)
-                # A stop token ends the sequence and is not part of the answer.
-                job.deliver(None if r.finish_reason == "stop" else r.token, r.finish_reason)
-            else:
+            job.first_token_at = job.first_token_at or now
+            job.history.append(r.token)
+            if r.finish_reason is None:
                 job.deliver(r.token, None)
-        return True
+                continue
+            job.finished = True
+            self._keep_prefix(r.all_tokens, r.prompt_cache)
+            del self._batch[r.uid]
+            # A stop token ends the sequence and is not part of the answer.
+            job.deliver(None if r.finish_reason == "stop" else r.token, r.finish_reason)

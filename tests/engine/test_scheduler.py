@@ -1,0 +1,170 @@
+"""The engine's scheduler on a real (tiny, random-weight) model: exactness, batching, caching."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx_lm import load
+from mlx_lm.generate import stream_generate
+
+from pensieve.engine import Engine, EngineConfig
+from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams, TextDelta
+from pensieve.utils import PromptTooLongError, RateLimitError
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path):
+    return load(str(tiny_model_dir))
+
+
+def request(text: str, max_tokens: int = 24, **sampling: float) -> ChatRequest:
+    return ChatRequest(
+        model="tiny",
+        messages=[ChatMessage(role="user", content=text)],
+        max_tokens=max_tokens,
+        sampling=SamplingParams(temperature=0.0, **sampling),
+    )
+
+
+async def run(engine: Engine, req: ChatRequest, *, delay: float = 0.0) -> tuple[str, Finished]:
+    await asyncio.sleep(delay)
+    text, finished = "", None
+    async for event in engine.generate(req):
+        if isinstance(event, TextDelta):
+            text += event.text
+        elif isinstance(event, Finished):
+            finished = event
+    assert finished is not None
+    return text, finished
+
+
+def mlx_lm_generation(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[str, list[int]]:
+    """mlx-lm's own greedy generation: its text and its tokens (stop token excluded)."""
+    text, tokens = "", []
+    for response in stream_generate(model, tokenizer, mx.array(prompt), max_tokens=max_tokens):
+        text += response.text
+        if response.token not in tokenizer.eos_token_ids:
+            tokens.append(response.token)
+    return text, tokens
+
+
+@pytest.mark.parametrize("source", ["tiny", "embedded"])
+async def test_greedy_matches_mlx_lm_token_for_token(source: str, tiny) -> None:
+    if source == "embedded":
+        from pensieve.modelmgr import embedded_model_path
+        from pensieve.modelmgr.gguf import load_gguf
+
+        model, tokenizer, _ = load_gguf(embedded_model_path())
+    else:
+        model, tokenizer = tiny
+    engine = Engine(model, tokenizer, name=source, context_length=8192, config=EngineConfig(prefix_cache_bytes=0))
+    try:
+        req = request("Name three rivers of Europe and say one thing about each.", 32)
+        text, finished = await run(engine, req)
+        expected_text, expected_tokens = mlx_lm_generation(model, tokenizer, engine.prepare(req).tokens, 32)
+        assert text == expected_text
+        assert finished.usage.output_tokens == len(expected_tokens)
+    finally:
+        engine.close()
+
+
+async def test_staggered_concurrent_requests_match_their_solo_outputs(tiny) -> None:
+    """Requests joining and leaving mid-decode move between the single and batched paths."""
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, name="tiny", context_length=32768, config=EngineConfig(prefix_cache_bytes=0))
+    try:
+        reqs = [request(f"Question {i}: what is {i} plus {i}?", 20 + 6 * i) for i in range(4)]
+        alone = [await run(engine, r) for r in reqs]
+        together = await asyncio.gather(*(run(engine, r, delay=0.05 * i) for i, r in enumerate(reqs)))
+        assert [t for t, _ in together] == [t for t, _ in alone]
+        assert [f.usage.output_tokens for _, f in together] == [f.usage.output_tokens for _, f in alone]
+        assert engine.load["active"] == 0
+    finally:
+        engine.close()
+
+
+async def test_follow_up_turn_reads_the_prefix_cache_without_changing_the_answer(tiny) -> None:
+    model, tokenizer = tiny
+    cached = Engine(model, tokenizer, name="tiny", context_length=32768)
+    uncached = Engine(model, tokenizer, name="tiny", context_length=32768, config=EngineConfig(prefix_cache_bytes=0))
+    try:
+        system = ChatMessage(role="system", content="You are terse. " * 40)
+        first = ChatRequest(model="t", messages=[system, ChatMessage(role="user", content="Hi")], max_tokens=12,
+                            sampling=SamplingParams(temperature=0))
+        answer, f1 = await run(cached, first)
+        follow = first.model_copy(update={"messages": [*first.messages, ChatMessage(role="assistant", content=answer),
+                                                       ChatMessage(role="user", content="And then?")]})
+        text, f2 = await run(cached, follow)
+        assert f1.usage.cache_read_input_tokens == 0
+        assert f2.usage.cache_read_input_tokens > f1.usage.input_tokens * 0.9
+        assert text == (await run(uncached, follow))[0]
+    finally:
+        cached.close()
+        uncached.close()
+
+
+async def test_cancelled_stream_frees_its_slot(tiny) -> None:
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, name="tiny", context_length=32768)
+    try:
+        events = engine.generate(request("Write forever.", 5000))
+        async for event in events:
+            if isinstance(event, TextDelta):
+                break
+        await events.aclose()
+        for _ in range(200):
+            if engine.load["active"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.load == {"active": 0, "queued": 0, "inflight": 0}
+        assert (await run(engine, request("Still there?", 4)))[1].usage.output_tokens > 0
+    finally:
+        engine.close()
+
+
+async def test_queue_beyond_capacity_is_a_rate_limit(tiny) -> None:
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, name="tiny", context_length=32768,
+                    config=EngineConfig(max_concurrent_requests=1, max_queued_requests=1))
+    try:
+        first = asyncio.create_task(run(engine, request("one", 200)))
+        second = asyncio.create_task(run(engine, request("two", 200)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RateLimitError) as info:
+            await run(engine, request("three", 4))
+        assert info.value.headers["retry-after"]
+        await asyncio.gather(first, second)
+    finally:
+        engine.close()
+
+
+async def test_prompt_over_the_window_is_refused_or_truncated(tiny) -> None:
+    model, tokenizer = tiny
+    long = [ChatMessage(role="user", content="word " * 300), ChatMessage(role="assistant", content="ok"),
+            ChatMessage(role="user", content="last question")]
+    req = ChatRequest(model="t", messages=long, max_tokens=4, sampling=SamplingParams(temperature=0))
+    strict = Engine(model, tokenizer, name="tiny", context_length=128)
+    lenient = Engine(model, tokenizer, name="tiny", context_length=128, config=EngineConfig(context_policy="truncate"))
+    try:
+        with pytest.raises(PromptTooLongError, match=r"prompt is too long: \d+ tokens > 128 maximum"):
+            strict.prepare(req)
+        rendered = lenient.prepare(req)
+        assert len(rendered.tokens) < 128 and "last question" in rendered.text
+    finally:
+        strict.close()
+        lenient.close()
+
+
+async def test_seeded_sampling_is_reproducible(tiny) -> None:
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, name="tiny", context_length=32768)
+    try:
+        req = request("Pick words.", 16).model_copy(update={"sampling": SamplingParams(temperature=1.0, seed=7)})
+        other = req.model_copy(update={"sampling": SamplingParams(temperature=1.0, seed=8)})
+        a, b, c = [(await run(engine, r))[0] for r in (req, req, other)]
+        assert a == b and a != c
+    finally:
+        engine.close()
