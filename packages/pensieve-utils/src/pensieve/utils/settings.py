@@ -80,8 +80,9 @@ class PerformanceSettings(_Section):
     """Requests allowed to wait for a batch slot; beyond that clients get a 429."""
     prefill_step_size: int = Field(2048, ge=16)
     """Prompt tokens processed per forward pass during prefill."""
-    prefix_cache_mb: float = Field(512.0, ge=0)
-    """Memory for reusing the KV cache of a repeated prompt prefix (Claude Code's system prompt)."""
+    prefix_cache_mb: float | None = Field(None, ge=0)
+    """Memory for reusing the KV cache of a repeated prompt prefix (Claude Code's system prompt);
+    unset means a quarter of the memory budget, 0 turns the cache off."""
     warmup: bool = True
     """Run a short generation after loading so the first request does not pay kernel compilation."""
     cpu_strategy: Literal["auto", "quantized", "dequantized"] = "auto"
