@@ -4,17 +4,44 @@ Validation is deliberately lenient about what a local server cannot use (unknown
 fields, unknown block fields, `cache_control`, beta features) and strict about what it needs
 (roles, max_tokens, block shapes), because real clients such as Claude Code add fields faster
 than any server follows them, and a 400 for an ignorable field breaks them.
+
+Fields that take "a string or a list of blocks", and the block list itself, are validated by
+small dispatching validators rather than pydantic unions: a union puts its member names and
+tags into every error location (`messages.0.content.list[tagged-union[…]].0.text.text`), while
+the 400 should name the field as the client wrote it (`messages.0.content.0.text`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+def _string_or_list(item: Any, what: str) -> WrapValidator:
+    """`str | list[item]`, with errors located at the field or the list item, not a member."""
+    items = TypeAdapter(list[item])
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return items.validate_python(value)
+        raise PydanticCustomError("string_or_list", f"must be a string or a list of {what}")
+
+    return WrapValidator(validate)
 
 
 class TextBlock(_Lenient):
@@ -43,7 +70,7 @@ class ToolUseBlock(_Lenient):
 class ToolResultBlock(_Lenient):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[dict[str, Any]] | None = None
+    content: Annotated[str | list[dict[str, Any]], _string_or_list(dict[str, Any], "content blocks")] | None = None
     is_error: bool = False
 
 
@@ -64,44 +91,52 @@ class OtherBlock(_Lenient):
     type: str
 
 
-_BLOCK_TAGS = {
-    "text": "text",
-    "image": "image",
-    "document": "document",
-    "tool_use": "tool_use",
-    "server_tool_use": "tool_use",
-    "tool_result": "tool_result",
-    "thinking": "thinking",
-    "redacted_thinking": "redacted_thinking",
+_BLOCK_CLASSES: dict[str, type[BaseModel]] = {
+    "text": TextBlock,
+    "image": ImageBlock,
+    "document": DocumentBlock,
+    "tool_use": ToolUseBlock,
+    "server_tool_use": ToolUseBlock,
+    "tool_result": ToolResultBlock,
+    "thinking": ThinkingBlock,
+    "redacted_thinking": RedactedThinkingBlock,
 }
 
 
-def _block_tag(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return _BLOCK_TAGS.get(kind, "other") if isinstance(kind, str) else "other"
+def _one_block(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate a block as the class its `type` names; errors then carry only the field path."""
+    if isinstance(value, BaseModel):
+        return value
+    if not isinstance(value, dict):
+        raise PydanticCustomError("content_block", "must be a content block: an object with a `type`")
+    kind = value.get("type")
+    return _BLOCK_CLASSES.get(kind, OtherBlock).model_validate(value) if isinstance(kind, str) else OtherBlock.model_validate(value)
 
 
 ContentBlock = Annotated[
-    Annotated[TextBlock, Tag("text")]
-    | Annotated[ImageBlock, Tag("image")]
-    | Annotated[DocumentBlock, Tag("document")]
-    | Annotated[ToolUseBlock, Tag("tool_use")]
-    | Annotated[ToolResultBlock, Tag("tool_result")]
-    | Annotated[ThinkingBlock, Tag("thinking")]
-    | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
-    | Annotated[OtherBlock, Tag("other")],
-    Discriminator(_block_tag),
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+    | OtherBlock,
+    WrapValidator(_one_block),
 ]
 
 
 class Message(_Lenient):
     role: Literal["user", "assistant", "system"]
-    content: str | list[ContentBlock]
+    content: Annotated[str | list[ContentBlock], _string_or_list(ContentBlock, "content blocks")]
 
 
 class SystemBlock(_Lenient):
     type: Literal["text"] = "text"
     text: str
+
+
+SystemPrompt = Annotated[str | list[SystemBlock], _string_or_list(SystemBlock, "text blocks")]
 
 
 class Tool(_Lenient):
@@ -127,7 +162,7 @@ class MessagesRequest(_Lenient):
     model: str = ""
     max_tokens: int = Field(gt=0)
     messages: list[Message]
-    system: str | list[SystemBlock] | None = None
+    system: SystemPrompt | None = None
     stop_sequences: list[str] | None = None
     stream: bool = False
     temperature: float | None = Field(None, ge=0.0, le=1.0)
@@ -142,7 +177,7 @@ class MessagesRequest(_Lenient):
 class CountTokensRequest(_Lenient):
     model: str = ""
     messages: list[Message]
-    system: str | list[SystemBlock] | None = None
+    system: SystemPrompt | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None

@@ -6,9 +6,13 @@ Decisions a reader would otherwise have to reverse-engineer:
   very front of the prompt and defeat the prefix cache.
 - Images and documents cannot be read by the text models served here. In the newest user turn
   they are a 400 (the user is asking about them); in older turns they become a short placeholder
-  so a long conversation that once carried a screenshot keeps working. Plain-text documents are
-  read as text.
+  so a long conversation that once carried a screenshot keeps working. Inside a tool result they
+  are always a placeholder: an agent's tool (Claude Code reading a PNG) must not break the loop.
+  Plain-text documents (`source.type` `text` or `content`) are read as text.
 - Server tools (`web_search_…` and other typed tools) cannot run locally and are left out.
+- `tool_choice` naming a tool that is not in `tools` is a 400, as on Anthropic's API.
+- `thinking` `enabled` and `adaptive` both turn reasoning on (shown as thinking blocks);
+  `budget_tokens` is not enforced, the reasoning is bounded by `max_tokens` alone.
 """
 
 from __future__ import annotations
@@ -46,29 +50,38 @@ def _block_text(content: str | list[dict[str, Any]] | None) -> str:
     return "\n".join(parts)
 
 
-def _unreadable(block: Any, latest: bool) -> str:
+def _document_text(source: dict[str, Any]) -> str | None:
+    """A document's text if it is plain text, else None (PDFs, images, files by id)."""
+    if source.get("type") == "text":
+        return str(source.get("data", ""))
+    if source.get("type") == "content" and isinstance(source.get("content"), (str, list)):
+        return _block_text(source["content"])
+    return None
+
+
+def _unreadable(block: Any, latest: bool, param: str) -> str:
     kind = block.type
-    if isinstance(block, wire.DocumentBlock) and block.source.get("type") == "text":
-        return str(block.source.get("data", ""))
+    if isinstance(block, wire.DocumentBlock) and (text := _document_text(block.source)) is not None:
+        return text
     if latest:
         raise InvalidRequestError(
-            f"this model cannot read {kind}s: it is a text-only model. Remove the {kind} block, "
-            "or serve a model that accepts them",
-            param="messages",
+            f"{param}: this model cannot read {kind}s: it is a text-only model. Remove the {kind} "
+            "block, or serve a model that accepts them",
+            param=param,
         )
     return f"[{kind} omitted: this model cannot read it]"
 
 
-def _user_turn(msg: wire.Message, latest: bool, tool_names: dict[str, str]) -> list[ChatMessage]:
+def _user_turn(msg: wire.Message, index: int, latest: bool, tool_names: dict[str, str]) -> list[ChatMessage]:
     if isinstance(msg.content, str):
         return [ChatMessage(role="user", content=msg.content)]
     out: list[ChatMessage] = []
     texts: list[str] = []
-    for block in msg.content:
+    for j, block in enumerate(msg.content):
         if isinstance(block, wire.TextBlock):
             texts.append(block.text)
         elif isinstance(block, (wire.ImageBlock, wire.DocumentBlock)):
-            texts.append(_unreadable(block, latest))
+            texts.append(_unreadable(block, latest, f"messages.{index}.content.{j}"))
         elif isinstance(block, wire.ToolResultBlock):
             text = _block_text(block.content)
             out.append(
@@ -112,7 +125,7 @@ def to_messages(system: Any, messages: list[wire.Message]) -> list[ChatMessage]:
             text = msg.content if isinstance(msg.content, str) else _block_text([b.model_dump() for b in msg.content])
             out.append(ChatMessage(role="system", content=text))
         elif msg.role == "user":
-            out.extend(_user_turn(msg, i == last_user, tool_names))
+            out.extend(_user_turn(msg, i, i == last_user, tool_names))
         else:
             out.append(_assistant_turn(msg, tool_names))
     if not any(m.role != "system" for m in out):
@@ -131,17 +144,25 @@ def to_tools(tools: list[wire.Tool] | None) -> list[ToolSpec]:
     return specs
 
 
-def to_tool_choice(choice: wire.ToolChoice | None) -> tuple[str, bool]:
+def to_tool_choice(choice: wire.ToolChoice | None, tools: list[ToolSpec]) -> tuple[str, bool]:
+    """(`auto` | `any` | `none` | a tool name, whether parallel calls are allowed)."""
     if choice is None:
         return "auto", True
-    selected = choice.name if choice.type == "tool" and choice.name else choice.type
-    if choice.type == "tool" and not choice.name:
-        raise InvalidRequestError("tool_choice.name is required when tool_choice.type is 'tool'", param="tool_choice.name")
-    return selected, not choice.disable_parallel_tool_use
+    if choice.type == "tool":
+        if not choice.name:
+            raise InvalidRequestError("tool_choice.name: required when tool_choice.type is 'tool'", param="tool_choice.name")
+        if choice.name not in {t.name for t in tools}:
+            raise InvalidRequestError(
+                f"tool_choice.name: tool '{choice.name}' is not in `tools`; name one of the tools sent",
+                param="tool_choice.name",
+            )
+        return choice.name, not choice.disable_parallel_tool_use
+    return choice.type, not choice.disable_parallel_tool_use
 
 
 def to_chat_request(req: wire.MessagesRequest, request_id: str = "") -> ChatRequest:
-    choice, parallel = to_tool_choice(req.tool_choice)
+    tools = to_tools(req.tools)
+    choice, parallel = to_tool_choice(req.tool_choice, tools)
     return ChatRequest(
         model=req.model,
         messages=to_messages(req.system, req.messages),
@@ -152,7 +173,7 @@ def to_chat_request(req: wire.MessagesRequest, request_id: str = "") -> ChatRequ
             top_k=req.top_k or 0,
         ),
         stop=req.stop_sequences or [],
-        tools=to_tools(req.tools),
+        tools=tools,
         tool_choice=choice,
         parallel_tool_calls=parallel,
         thinking=req.thinking is not None and req.thinking.type != "disabled",

@@ -65,7 +65,12 @@ async def collect_message(events: AsyncIterator[GenerationEvent | None], model: 
 
 
 class AnthropicStream:
-    """Writes the Messages event sequence, opening and closing content blocks as kinds change."""
+    """Writes the Messages event sequence, opening and closing content blocks as kinds change.
+
+    The order is Anthropic's: `message_start`, the first `content_block_start`, `ping`, then
+    deltas; later pings are keep-alives while nothing is generated (a long prefill). A message
+    with no content still gets its one ping, before `message_delta`.
+    """
 
     def __init__(self, sse: SSEWriter, model: str, input_tokens: int) -> None:
         self.sse = sse
@@ -73,14 +78,15 @@ class AnthropicStream:
         self.input_tokens = input_tokens
         self.index = -1
         self.open_kind: str | None = None
+        self.pinged = False
 
     async def begin(self) -> None:
         message = _message_shell(new_message_id(), self.model)
         message.update(stop_reason=None, stop_sequence=None, usage=usage_body(Usage(input_tokens=self.input_tokens)))
         await self.sse.event("message_start", {"type": "message_start", "message": message})
-        await self.ping()
 
     async def ping(self) -> None:
+        self.pinged = True
         await self.sse.event("ping", {"type": "ping"})
 
     async def _open(self, kind: str, block: dict[str, Any]) -> None:
@@ -88,6 +94,8 @@ class AnthropicStream:
         self.index += 1
         self.open_kind = kind
         await self.sse.event("content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block})
+        if not self.pinged:
+            await self.ping()
 
     async def _close(self) -> None:
         if self.open_kind is None:
@@ -120,6 +128,8 @@ class AnthropicStream:
             await self.fail(event.error_type, event.message)
         elif isinstance(event, Finished):
             await self._close()
+            if not self.pinged:
+                await self.ping()
             usage = usage_body(event.usage)
             await self.sse.event(
                 "message_delta",

@@ -13,6 +13,7 @@ from pensieve.server.keys import PROVIDER, STARTED_AT
 from pensieve.server.requests import parse, read_json
 from pensieve.server.streaming import ClientGone, SSEWriter, watched
 from pensieve.utils import NotFoundError
+from pensieve.utils.logging import logger
 
 routes = web.RouteTableDef()
 
@@ -36,8 +37,19 @@ async def create_message(request: web.Request) -> web.StreamResponse:
                 await stream.send(event)
         except ClientGone:
             pass
+        except Exception:
+            # The status line is gone already: report in the stream, as Anthropic does.
+            logger.exception("stream failed for {}", request["request_id"])
+            await _fail_quietly(stream, "internal server error; the server log has details. Retry the request")
         await sse.close()
         return sse.response
+
+
+async def _fail_quietly(stream: AnthropicStream, message: str) -> None:
+    try:
+        await stream.fail("api_error", message)
+    except ClientGone:
+        pass
 
 
 @routes.post("/v1/messages/count_tokens")
