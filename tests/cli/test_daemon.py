@@ -165,6 +165,21 @@ def test_sighup_reloads_live_settings_and_names_the_rest(daemon: Daemon) -> None
     assert NEW_KEY not in shown.stdout and NEW_KEY not in daemon.cli.log_file.read_text()
 
 
+def test_a_broken_file_on_sighup_keeps_the_running_settings(daemon: Daemon) -> None:
+    config = daemon.cli.config_file
+    good = config.read_text()
+    config.write_text(good + "\n[server]\nport = 1\n")  # a second [server] table: invalid TOML
+    try:
+        os.kill(daemon.cli.info().pid, signal.SIGHUP)
+        failed = daemon.cli.wait_for_record(lambda r: r["message"].startswith("configuration reload failed"))
+        assert f"{config}:" in failed["message"] and failed["level"] == "ERROR"
+    finally:
+        config.write_text(good)
+    health = json.loads(http("GET", f"{daemon.url}/health")[2])
+    assert health["status"] == "ok" and health["config"]["reloads"] == 1
+    assert _message(daemon.url, NEW_KEY)[0] == 200
+
+
 def test_sigusr1_writes_a_diagnostic_dump(daemon: Daemon) -> None:
     os.kill(daemon.cli.info().pid, signal.SIGUSR1)
     record = daemon.cli.wait_for_record(lambda r: r["message"].startswith("diagnostic dump"))
@@ -183,6 +198,20 @@ def test_logs_prints_the_last_lines(daemon: Daemon) -> None:
     assert "diagnostic dump" in readable.stdout or "GET /health" in readable.stdout
     raw = daemon.cli.run("logs", "-n", "2", "--json").stdout.splitlines()
     assert len(raw) == 2 and all(json.loads(line)["timestamp"] for line in raw)
+
+    _, before, _ = _message(daemon.url, daemon.key)
+    follower = daemon.cli.popen("logs", "-f", "-n", "50")
+    try:
+        assert follower.stdout is not None
+        while before["request-id"] not in follower.stdout.readline():
+            pass  # the tail printed first: the follower is now at the end of the file
+        _, after, _ = _message(daemon.url, daemon.key)
+        while after["request-id"] not in (line := follower.stdout.readline()):
+            assert line, "logs -f ended"
+        assert "POST /v1/messages 200" in line
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
 
 
 def test_restart_reuses_the_options_and_the_reloaded_file(daemon: Daemon) -> None:

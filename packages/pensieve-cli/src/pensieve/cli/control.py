@@ -163,6 +163,7 @@ def _follow(path: Path, position: int, raw: bool) -> None:
                                 break  # a line still being written; read it whole next time
                             click.echo(_render(line, raw))
                             position += len(line)
+                    sys.stdout.flush()  # a pipe is block-buffered: show lines as they come
             time.sleep(0.25)
     except KeyboardInterrupt:
         pass
