@@ -35,6 +35,14 @@ def test_background_start_failures_exit_nonzero_with_the_reason(pensieve_home: P
     assert missing.returncode != 0
     assert "Pensieve failed to start" in missing.stderr and "'/no/such/model' was not found" in missing.stderr
 
+    # Too big for the memory budget: the port opens, the preload fails, the server exits 1.
+    pensieve_home.env["PENSIEVE_MODEL_MEMORY_BUDGET_GB"] = "0.01"
+    too_big = pensieve_home.run("start", "--background", "--model", str(pensieve_home.model), "--port", str(free_port()))
+    del pensieve_home.env["PENSIEVE_MODEL_MEMORY_BUDGET_GB"]
+    assert too_big.returncode == 1
+    assert "could not load the default model" in too_big.stderr and "memory budget" in too_big.stderr
+    assert not pensieve_home.pid_file.exists()
+
     bad = pensieve_home.home / "bad.toml"
     bad.write_text("[server]\nport = 99999\n")
     invalid = pensieve_home.run("start", "--background", "--config", str(bad))
