@@ -68,6 +68,7 @@ async def test_preload_or_lazy(store: Path, three: int) -> None:
     lazy = _pool(store, model__preload=False)
     await lazy.start()
     assert _states(lazy)["a"] == "available"
+    await lazy.close()
     eager = _pool(store)
     await eager.start()
     assert _states(eager)["a"] == "loaded"
@@ -108,6 +109,7 @@ async def test_a_model_over_the_budget_is_refused_with_the_reason(store: Path, t
     assert _states(pool)["b"] == "error"
     with pytest.raises(ModelLoadError):  # the same files fail the same way, without a reload
         await pool.engine("b")
+    await pool.close()
 
 
 async def test_idle_models_are_unloaded_after_keep_alive(store: Path, three: int, count_loads: list[str]) -> None:

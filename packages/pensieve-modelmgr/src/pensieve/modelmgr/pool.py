@@ -17,9 +17,11 @@ import asyncio
 import fnmatch
 import gc
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlx.core as mx
 
@@ -34,6 +36,8 @@ from pensieve.modelmgr.store import ModelStore
 from pensieve.utils import ModelLoadError, NotFoundError, OverloadedError, PensieveError, Settings
 from pensieve.utils.logging import logger
 from pensieve.utils.paths import model_store_dir
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -77,6 +81,12 @@ class ModelPool:
         self._models: dict[str, ServedModel] = {default.name: ServedModel(default)}
         self._admission = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
+        # Loads and unloads run on the pool's own threads, joined by close(): a thread that ran
+        # MLX and outlives the interpreter's shutdown aborts the process as it exits.
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pensieve-load")
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
     @property
     def engine_config(self) -> EngineConfig:
@@ -85,7 +95,9 @@ class ModelPool:
             max_concurrent_requests=perf.max_concurrent_requests,
             max_queued_requests=perf.max_queued_requests,
             prefill_step_size=perf.prefill_step_size,
-            prefix_cache_bytes=int(perf.prefix_cache_mb * 1024 * 1024),
+            prefix_cache_bytes=(
+                int(perf.prefix_cache_mb * 1024 * 1024) if perf.prefix_cache_mb is not None else self.budget_bytes // 4
+            ),
             context_policy=self.settings.model.context_policy,
         )
 
@@ -145,7 +157,7 @@ class ModelPool:
         served.error = served.error_signature = None
         name = served.source.name
         try:
-            facts = await asyncio.to_thread(check_source, served.source)
+            facts = await self._off_loop(check_source, served.source)
             estimate = self._plan(served.source, facts)
             async with self._admission:
                 await self._make_room(served, estimate.total)
@@ -157,7 +169,7 @@ class ModelPool:
                     "performance.max_concurrent_requests to choose",
                     name, estimate.context_length, facts.context_length,
                 )  # fmt: skip
-            loaded = await asyncio.to_thread(load_source, served.source)
+            loaded = await self._off_loop(load_source, served.source)
             engine = Engine(
                 loaded.model,
                 loaded.tokenizer,
@@ -206,7 +218,7 @@ class ModelPool:
         engine = served.engine
         served.engine = served.loaded = served.estimate = None
         if engine is not None:
-            await asyncio.to_thread(engine.close)
+            await self._off_loop(engine.close)
             del engine
             gc.collect()
             mx.clear_cache()
@@ -278,5 +290,6 @@ class ModelPool:
             if served.loading is not None and not served.loading.done():
                 served.loading.cancel()
             if served.engine is not None:
-                await asyncio.to_thread(served.engine.close)
+                await self._off_loop(served.engine.close)
                 served.engine = served.loaded = served.estimate = None
+        await asyncio.to_thread(self._threads.shutdown, wait=True, cancel_futures=True)
