@@ -60,6 +60,8 @@ def test_plan_keeps_the_full_window_when_it_fits(facts: ModelFacts) -> None:
     assert plan.context_length == facts.context_length == 32768
     assert plan.kv_cache == 32768 * 5 * facts.kv_bytes_per_token
     assert plan.total == plan.weights + plan.kv_cache + plan.overhead
+    cached = estimate_memory(facts, context_length=32768, concurrency=5, prefill_step=2048, prefix_cache_bytes=2**20)
+    assert cached.total == plan.total + 2**20  # the engine's prefix cache counts in full
 
 
 def test_plan_shrinks_an_unconfigured_window_to_fit(facts: ModelFacts) -> None:

@@ -24,12 +24,14 @@ def three(store: Path, tiny_mlx: Path) -> int:
     """Store entries a, b, c (the same tiny model); returns one model's estimated bytes."""
     for name in ("a", "b", "c"):
         add_model(store, name, tiny_mlx)
-    settings = make_settings("a", store.parent)
+    settings = make_settings("a", store.parent, performance__prefix_cache_mb=64)
     return default_estimate(model_facts(source_from_path(store / "a")), settings).total
 
 
 def _pool(store: Path, **overrides: Any) -> ModelPool:
-    return ModelPool(make_settings("a", store.parent, **overrides), store=store)
+    """A pool over the store; the prefix cache is fixed so estimates do not follow the budget."""
+    settings = make_settings("a", store.parent, performance__prefix_cache_mb=64, **overrides)
+    return ModelPool(settings, store=store)
 
 
 def _states(pool: ModelPool) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pensieve.metal import memory_budget_bytes
 from pensieve.modelmgr.embedded import EMBEDDED_NAME
 from pensieve.modelmgr.estimate import MemoryEstimate, estimate_memory
 from pensieve.modelmgr.facts import ModelFacts, model_facts
@@ -25,7 +26,18 @@ def default_estimate(facts: ModelFacts, settings: Settings) -> MemoryEstimate:
         context_length=min(facts.context_length, configured or facts.context_length),
         concurrency=settings.performance.max_concurrent_requests,
         prefill_step=settings.performance.prefill_step_size,
+        prefix_cache_bytes=prefix_cache_bytes(settings),
     )
+
+
+def budget_bytes(settings: Settings) -> int:
+    return memory_budget_bytes(settings.model.memory_budget_fraction, settings.model.memory_budget_gb)
+
+
+def prefix_cache_bytes(settings: Settings) -> int:
+    """Each engine's prompt-prefix cache: as configured, or (unset) a quarter of the budget."""
+    megabytes = settings.performance.prefix_cache_mb
+    return budget_bytes(settings) // 4 if megabytes is None else int(megabytes * 1024**2)
 
 
 def describe_source(source: ModelSource, settings: Settings) -> dict[str, Any]:

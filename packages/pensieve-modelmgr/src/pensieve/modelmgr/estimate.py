@@ -5,7 +5,9 @@
     kv_cache = 2 (K and V) x layers x kv_heads x head_dim x bytes_per_element
                x context_length x max_concurrent_requests
     overhead = 64 MiB + prefill_step_size x (vocab + 2 x intermediate + 4 x hidden) x bytes
-               (one prefill chunk's logits and activations, plus MLX's own buffers)
+               + performance.prefix_cache_mb
+               (one prefill chunk's logits and activations, the engine's prompt-prefix cache,
+               and MLX's own buffers)
 
 The KV term is the worst case: every sequence of a full batch at the full context. Loading a
 model that only fits in the average case is how a Mac ends up swapping, so the estimate is kept
@@ -62,12 +64,18 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    facts: ModelFacts, *, context_length: int, concurrency: int, prefill_step: int
+    facts: ModelFacts,
+    *,
+    context_length: int,
+    concurrency: int,
+    prefill_step: int,
+    prefix_cache_bytes: int = 0,
 ) -> MemoryEstimate:
     vocab = facts.text_config("vocab_size", 0)
     hidden = facts.text_config("hidden_size", 0)
     intermediate = facts.text_config("intermediate_size", 0) or 4 * hidden
-    overhead = _BASE_OVERHEAD + prefill_step * (vocab + 2 * intermediate + 4 * hidden) * facts.activation_bytes
+    activations = prefill_step * (vocab + 2 * intermediate + 4 * hidden) * facts.activation_bytes
+    overhead = _BASE_OVERHEAD + activations + prefix_cache_bytes
     return MemoryEstimate(
         weights=facts.weight_bytes,
         kv_cache=facts.kv_bytes_per_token * context_length * concurrency,
@@ -85,6 +93,7 @@ def plan_memory(
     concurrency: int,
     prefill_step: int,
     configured_context: int | None,
+    prefix_cache_bytes: int = 0,
 ) -> MemoryEstimate:
     """The estimate the model will load with, or ModelLoadError if it cannot fit the budget.
 
@@ -95,7 +104,11 @@ def plan_memory(
 
     def at(context: int) -> MemoryEstimate:
         return estimate_memory(
-            facts, context_length=context, concurrency=concurrency, prefill_step=prefill_step
+            facts,
+            context_length=context,
+            concurrency=concurrency,
+            prefill_step=prefill_step,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
 
     estimate = at(wanted)

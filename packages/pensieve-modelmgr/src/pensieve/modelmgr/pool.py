@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import mlx.core as mx
 
 from pensieve.engine import Engine, EngineConfig
-from pensieve.metal import memory_budget_bytes, memory_stats
-from pensieve.modelmgr.catalog import describe_source, servable
+from pensieve.metal import memory_stats
+from pensieve.modelmgr.catalog import budget_bytes, describe_source, prefix_cache_bytes, servable
 from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, source_signature
 from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
@@ -75,9 +75,7 @@ class ModelPool:
         self.store = store if isinstance(store, ModelStore) else ModelStore(store or model_store_dir())
         default = resolve_source(settings.model.default, self.store, allow_paths=True)
         self.default_name = default.name
-        self.budget_bytes = memory_budget_bytes(
-            settings.model.memory_budget_fraction, settings.model.memory_budget_gb
-        )
+        self.budget_bytes = budget_bytes(settings)
         self._models: dict[str, ServedModel] = {default.name: ServedModel(default)}
         self._admission = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
@@ -151,6 +149,7 @@ class ModelPool:
             concurrency=self.settings.performance.max_concurrent_requests,
             prefill_step=self.settings.performance.prefill_step_size,
             configured_context=self.settings.model.context_length,
+            prefix_cache_bytes=prefix_cache_bytes(self.settings),
         )
 
     async def _load(self, served: ServedModel) -> Engine:
