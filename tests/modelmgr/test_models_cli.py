@@ -83,11 +83,17 @@ def test_pull_from_the_hugging_face_cache_offline(tmp_path: Path, hf_home: Path)
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(tmp_path / "models" / "tiny-org--tiny-gguf")) == ["pensieve.json", "tiny.Q4_0.gguf"]
 
+    done = _pensieve(tmp_path, hf_home, "convert", "tiny-org/tiny-llama", "--bits", "8")
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "models" / "tiny-org--tiny-llama-8bit" / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8
+
     listing = _pensieve(tmp_path, hf_home, "list", "--json")
     rows = {row["name"]: row for row in json.loads(listing.stdout)}
     assert rows["tiny-org/tiny-llama"]["quantization"] == "f32"
     assert rows["tiny-org/tiny-gguf"]["quantization"] == "Q4_0"
     assert rows["tiny-org/tiny-gguf"]["estimated_bytes"] > rows["tiny-org/tiny-gguf"]["size_bytes"]
+    assert rows["tiny-org/tiny-llama-8bit"]["quantization"] == "8-bit (group 64)"
 
 
 def test_pull_failures_say_what_to_do(tmp_path: Path, hf_home: Path) -> None:
