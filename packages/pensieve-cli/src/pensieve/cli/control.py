@@ -40,16 +40,29 @@ def _live_or_clean() -> PidInfo | None:
     return live
 
 
+def _stop_timeout(timeout: float | None) -> float:
+    """By default, the drain timeout plus time to unload: the server's own deadline, not ours."""
+    if timeout is not None:
+        return timeout
+    try:
+        return load_settings().server.drain_timeout_s + 15
+    except PensieveError:
+        return 60.0
+
+
+_TIMEOUT_HELP = "Seconds to wait for in-flight requests to finish (default: server.drain_timeout_s + 15)."
+
+
 @click.command()
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for in-flight requests to finish.")
+@click.option("--timeout", type=float, default=None, help=_TIMEOUT_HELP)
 @click.option("--force", is_flag=True, help="Kill (SIGKILL) the server if it is still running after --timeout.")
-def stop(timeout: float, force: bool) -> None:
+def stop(timeout: float | None, force: bool) -> None:
     """Stop the server: SIGTERM lets in-flight requests finish, then it exits."""
     live = _live_or_clean()
     if live is None:
         click.echo("Pensieve is not running.")
         return
-    outcome = stop_server(live, timeout, force)
+    outcome = stop_server(live, _stop_timeout(timeout), force)
     click.echo(f"Pensieve (PID {live.pid}) {outcome}.")
 
 
@@ -100,10 +113,10 @@ def _print_status(live: PidInfo, health: dict[str, Any]) -> None:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the old server to drain.")
+@click.option("--timeout", type=float, default=None, help=_TIMEOUT_HELP)
 @click.option("--force", is_flag=True, help="Kill the old server if it does not stop within --timeout.")
 @click.argument("start_args", nargs=-1, type=click.UNPROCESSED)
-def restart(timeout: float, force: bool, start_args: tuple[str, ...]) -> None:
+def restart(timeout: float | None, force: bool, start_args: tuple[str, ...]) -> None:
     """Stop the server and start it again in the background.
 
     START_ARGS are `pensieve start` options; without any, the running server's are reused.
@@ -111,7 +124,7 @@ def restart(timeout: float, force: bool, start_args: tuple[str, ...]) -> None:
     live = _live_or_clean()
     args = list(start_args) if start_args else (live.args if live else [])
     if live is not None:
-        click.echo(f"Pensieve (PID {live.pid}) {stop_server(live, timeout, force)}.")
+        click.echo(f"Pensieve (PID {live.pid}) {stop_server(live, _stop_timeout(timeout), force)}.")
     code = subprocess.call([sys.executable, "-m", "pensieve.cli", "start", "--background", *args])
     sys.exit(code)
 
