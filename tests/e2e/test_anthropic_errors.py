@@ -1,7 +1,8 @@
 """Each Anthropic error type, raised by a real condition on a real server, seen through the SDK.
 
 A strict server over the tiny model makes the conditions cheap to reach: unknown model names
-are an error, one request at a time with no queue, a 50 KB body limit and a 512-token context.
+are an error (only `claude-haiku-*` has an alias), one request at a time with no queue, a 50 KB
+body limit and a 512-token context.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def strict(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         tiny_model_dir,
         tmp_path_factory.mktemp("strict-home"),
         model__unknown="error",
+        model__aliases={"claude-haiku-*": str(tiny_model_dir)},
         model__context_length=CONTEXT,
         performance__max_concurrent_requests=1,
         performance__max_queued_requests=0,
@@ -61,6 +63,13 @@ def test_unknown_model_is_404_when_configured(strict: ServerThread, client: anth
         assert info.value.status_code == 404 and info.value.body["error"]["type"] == "not_found_error"
         assert "claude-opus-4-8" in info.value.message and info.value.request_id
     assert client.messages.create(model=served(strict), max_tokens=2, messages=USER).usage.output_tokens >= 1
+
+
+def test_an_alias_pattern_maps_claude_names_to_a_served_model(strict: ServerThread, client: anthropic.Anthropic) -> None:
+    message = client.messages.create(model="claude-haiku-4-5", max_tokens=2, messages=USER)
+    assert message.model == "claude-haiku-4-5" and message.usage.output_tokens >= 1
+    assert client.models.retrieve("claude-haiku-4-5").id == served(strict)
+    assert client.messages.count_tokens(model="claude-haiku-4-5-20251001", messages=USER).input_tokens > 0
 
 
 def test_body_over_the_limit_is_413(strict: ServerThread, client: anthropic.Anthropic) -> None:
