@@ -93,9 +93,7 @@ class ModelPool:
             max_concurrent_requests=perf.max_concurrent_requests,
             max_queued_requests=perf.max_queued_requests,
             prefill_step_size=perf.prefill_step_size,
-            prefix_cache_bytes=(
-                int(perf.prefix_cache_mb * 1024 * 1024) if perf.prefix_cache_mb is not None else self.budget_bytes // 4
-            ),
+            prefix_cache_bytes=prefix_cache_bytes(self.settings),  # as the estimate counts it
             context_policy=self.settings.model.context_policy,
         )
 
