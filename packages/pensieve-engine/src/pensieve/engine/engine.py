@@ -141,7 +141,8 @@ class Engine:
         """Admit, render and generate in one go (for callers with no HTTP response to prepare)."""
         async with self.open(request) as generation:
             async for event in generation.events():
-                yield event
+                if event is not None:
+                    yield event
 
     async def warmup(self) -> float:
         """Run short generations through both paths; returns the seconds taken.
@@ -172,23 +173,40 @@ class Engine:
         self._scheduler.close()
 
 
+_NUDGE = (None, "nudge", None)
+_STOP = (None, "interrupted", None)
+
+
 class Generation:
-    """One admitted, rendered request; `events()` runs it on the compute thread."""
+    """One admitted, rendered request; `events()` runs it on the compute thread.
+
+    `nudge()` and `interrupt()` let a watcher on the same event loop (the server's disconnect
+    and keep-alive check) act on the stream without wrapping every token in a task.
+    """
 
     def __init__(self, engine: Engine, request: ChatRequest, rendered: RenderedPrompt) -> None:
         self.engine = engine
         self.request = request
         self.rendered = rendered
+        self._queue: asyncio.Queue[tuple[int | None, str | None, BaseException | None]] = asyncio.Queue()
+
+    def nudge(self) -> None:
+        """Make `events()` yield None once: a keep-alive tick for a stream that is quiet."""
+        self._queue.put_nowait(_NUDGE)
+
+    def interrupt(self) -> None:
+        """End `events()` without a Finished event and cancel the sequence (client gone)."""
+        self._queue.put_nowait(_STOP)
 
     @property
     def input_tokens(self) -> int:
         return len(self.rendered.tokens)
 
-    async def events(self) -> AsyncIterator[GenerationEvent]:
-        request, rendered = self.request, self.rendered
+    async def events(self) -> AsyncIterator[GenerationEvent | None]:
+        """The generation's events; None is a keep-alive tick asked for with `nudge()`."""
+        request, rendered, queue = self.request, self.rendered, self._queue
         prompt = rendered.tokens
         max_tokens = max(1, min(request.max_tokens, self.engine.context_length - len(prompt)))
-        queue: asyncio.Queue[tuple[int | None, str | None, BaseException | None]] = asyncio.Queue()
         job = Job(
             prompt=prompt,
             max_tokens=max_tokens,
@@ -214,6 +232,12 @@ class Generation:
         try:
             while finish is None:
                 token, finish, error = await queue.get()
+                if finish == "nudge":
+                    finish = None
+                    yield None
+                    continue
+                if finish == "interrupted":
+                    return
                 if error is not None or finish == "error":
                     logger.opt(exception=error).error("generation failed for {}", request.request_id)
                     yield GenerationFailed(f"generation failed: {error}. Retry the request; if it persists, check the server log.")

@@ -42,7 +42,7 @@ async def respond(
     """
     model = chat.model or engine.name
     async with engine.open(chat) as generation:
-        events = watched(request, generation.events())
+        events = watched(request, generation)
         if not stream:
             return web.json_response(await collect(events, model))
         sse = SSEWriter(request)

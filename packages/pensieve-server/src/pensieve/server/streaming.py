@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
+from pensieve.engine import Generation
 from pensieve.models import Finished, GenerationEvent
 
 KEEPALIVE_S = 10.0
-_TICK = object()
 
 
 class ClientGone(Exception):
@@ -31,41 +31,43 @@ def client_gone(request: web.Request) -> bool:
 
 
 async def watched(
-    request: web.Request, events: AsyncIterator[GenerationEvent], keepalive: float = KEEPALIVE_S
+    request: web.Request, generation: Generation, keepalive: float = KEEPALIVE_S
 ) -> AsyncIterator[GenerationEvent | None]:
-    """Yield engine events, or None as a keep-alive tick; stop if the client disconnects.
+    """Yield the generation's events, or None as a keep-alive tick; ClientGone if it hangs up.
 
-    The final `Finished` event (usage and timings) is also kept as `request["finished"]`, where
-    the observing middleware reads it for the request log line and the metrics, for both APIs.
+    A watcher task checks the connection a few times a second, so the token path itself stays a
+    plain `async for` (no task per token). The final `Finished` event (usage and timings) is
+    also kept as `request["finished"]`, where the observing middleware reads it for the
+    request log line and the metrics, for both APIs.
     """
-    poll = 0.25
-    idle = 0.0
-    iterator = aiter(events)
-    pending: asyncio.Task[Any] | None = None
-    try:
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(iterator, _TICK))
-            done, _ = await asyncio.wait({pending}, timeout=poll)
-            if not done:
-                if client_gone(request):
-                    raise ClientGone()
-                idle += poll
-                if idle >= keepalive:
-                    idle = 0.0
-                    yield None
-                continue
-            result, pending, idle = pending.result(), None, 0.0
-            if result is _TICK:
+            await asyncio.sleep(0.25)
+            if client_gone(request):
+                gone = True
+                generation.interrupt()
                 return
-            if isinstance(result, Finished):
-                request["finished"] = result
-            yield result
+            if loop.time() - last >= keepalive:
+                generation.nudge()
+
+    watcher = asyncio.create_task(watch())
+    events = generation.events()
+    try:
+        async for event in events:
+            last = loop.time()
+            if isinstance(event, Finished):
+                request["finished"] = event
+            yield event
+        if gone:
+            raise ClientGone()
     finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
-        await iterator.aclose()
+        watcher.cancel()
+        await events.aclose()  # cancels the sequence now if it did not finish
 
 
 class SSEWriter:
