@@ -25,7 +25,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     engine = await request.app[PROVIDER].engine(chat.model)
     model = body.model or engine.name
     async with engine.open(chat) as generation:
-        events = watched(request, generation.events())
+        events = watched(request, generation)
         if not body.stream:
             return web.json_response(await collect_message(events, model))
         sse = SSEWriter(request)
