@@ -42,7 +42,7 @@ lint: install ## ruff and the import-layer contracts
 	$(BIN)/lint-imports
 
 bench: install ## Benchmark Pensieve against mlx_lm.server on the same model (see docs/benchmarks.md)
-	$(BIN)/python benchmarks/serve_bench.py $(BENCH_ARGS)
+	$(BIN)/pensieve bench $(BENCH_ARGS)
 
 build: install ## Build the seven wheels into dist/
 	@for p in $(PACKAGES); do $(BIN)/python -m build -q --wheel --outdir dist packages/pensieve-$$p || exit 1; done

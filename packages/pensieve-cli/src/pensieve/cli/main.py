@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from pensieve.cli.bench import bench
 from pensieve.cli.config_cmd import config
 from pensieve.cli.control import logs, restart, status, stop
 from pensieve.cli.doctor import doctor
@@ -31,3 +32,4 @@ cli.add_command(config)
 cli.add_command(service)
 cli.add_command(doctor)
 cli.add_command(models)
+cli.add_command(bench)

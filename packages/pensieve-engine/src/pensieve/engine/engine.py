@@ -24,6 +24,7 @@ from pensieve.engine.prompt import (
 )
 from pensieve.engine.sampling import Sampler, make_sampler
 from pensieve.engine.scheduler import Job, Scheduler
+from pensieve.metal import RequestProfile
 from pensieve.models import (
     ChatRequest,
     Finished,
@@ -132,8 +133,11 @@ class Engine:
         self._admit()
         self._inflight += 1
         try:
+            profile = RequestProfile()
+            start = time.perf_counter()
             rendered = await asyncio.to_thread(self.prepare, request)
-            yield Generation(self, request, rendered)
+            profile.add("tokenize", time.perf_counter() - start)
+            yield Generation(self, request, rendered, profile)
         finally:
             self._inflight -= 1
 
@@ -184,10 +188,13 @@ class Generation:
     and keep-alive check) act on the stream without wrapping every token in a task.
     """
 
-    def __init__(self, engine: Engine, request: ChatRequest, rendered: RenderedPrompt) -> None:
+    def __init__(
+        self, engine: Engine, request: ChatRequest, rendered: RenderedPrompt, profile: RequestProfile | None = None
+    ) -> None:
         self.engine = engine
         self.request = request
         self.rendered = rendered
+        self.profile = profile or RequestProfile()
         self._queue: asyncio.Queue[tuple[int | None, str | None, BaseException | None]] = asyncio.Queue()
 
     def nudge(self) -> None:
@@ -244,8 +251,11 @@ class Generation:
                     return
                 if token is not None:
                     produced += 1
+                    tick = time.perf_counter()
                     detok.add_token(token)
-                    for event in parser.feed(detok.last_segment):
+                    events = parser.feed(detok.last_segment)
+                    self.profile.add("detokenize", time.perf_counter() - tick)
+                    for event in events:
                         yield event
                 if parser.stopped or (parser.tool_calls and not request.parallel_tool_calls):
                     finish = finish or "parsed"
@@ -256,7 +266,7 @@ class Generation:
                 stop_reason=_stop_reason(finish, parser),
                 stop_sequence=parser.stop_sequence,
                 usage=Usage(input_tokens=len(prompt), output_tokens=produced, cache_read_input_tokens=job.cached),
-                timings=_timings(job),
+                timings=_timings(job, self.profile),
             )
         finally:
             if not job.finished:
@@ -271,16 +281,18 @@ def _stop_reason(finish: str | None, parser: OutputParser) -> str:
     return _FINISH_TO_STOP.get(finish or "", "end_turn")
 
 
-def _timings(job: Job) -> dict[str, float]:
+def _timings(job: Job, profile: RequestProfile) -> dict[str, float]:
+    """Queue wait, prefill (to the first token) and decode from the compute thread's clock,
+    plus the phases the request recorded itself (tokenize, detokenize) and memory marks."""
     end = time.perf_counter()
     started = job.started_at or end
     first = job.first_token_at or end
-    return {
-        "queue_s": started - job.enqueued_at,
-        "prefill_s": first - started,
-        "decode_s": end - first,
-        "total_s": end - job.enqueued_at,
-    }
+    profile.add("queue", started - job.enqueued_at)
+    profile.add("prefill", first - started)
+    profile.add("decode", end - first)
+    profile.add("total", end - job.enqueued_at)
+    profile.mark_memory()
+    return profile.as_dict()
 
 
 def _drop_oldest_turn(request: ChatRequest) -> ChatRequest | None:

@@ -9,10 +9,12 @@ from pensieve.metal.memory import (
     reset_peak_memory,
     total_system_memory,
 )
+from pensieve.metal.profiler import RequestProfile
 
 __all__ = [
     "DeviceInfo",
     "MemoryStats",
+    "RequestProfile",
     "apply_memory_limits",
     "device_info",
     "memory_budget_bytes",

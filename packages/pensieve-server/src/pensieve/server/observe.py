@@ -60,6 +60,8 @@ class RequestSummary:
     time_per_token_s: float | None = None
     queue_s: float | None = None
     stop_reason: str | None = None
+    profile: dict[str, float] | None = None
+    """Phase timings and memory marks from the engine's profiler (see pensieve.metal.profiler)."""
 
     @property
     def generated(self) -> bool:
@@ -103,6 +105,7 @@ def summarize(
     summary.model, summary.requested_model = served_model, requested
     summary.input_tokens, summary.output_tokens = finished.usage.input_tokens, out
     summary.stop_reason = finished.stop_reason
+    summary.profile = dict(finished.timings)
     if "prefill_s" in timings:
         summary.ttft_s = round(timings.get("queue_s", 0.0) + timings["prefill_s"], 6)
         summary.queue_s = round(timings.get("queue_s", 0.0), 6)

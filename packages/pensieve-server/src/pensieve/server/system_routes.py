@@ -14,6 +14,7 @@ from pensieve.metal import device_info
 from pensieve.server.anthropic_routes import anthropic_model, anthropic_model_list
 from pensieve.server.errors import is_openai_request
 from pensieve.server.keys import PROVIDER, STARTED_AT
+from pensieve.server.observe import OBSERVER
 from pensieve.utils import NotFoundError
 
 routes = web.RouteTableDef()
@@ -66,3 +67,9 @@ async def get_model(request: web.Request) -> web.Response:
     if requested not in names:
         raise NotFoundError(f"model '{requested}' not found; GET /v1/models lists the served models", param="model")
     return web.json_response(_openai_model(requested, int(request.app[STARTED_AT])))
+
+
+@routes.get("/v1/debug/requests")
+async def recent_requests(request: web.Request) -> web.Response:
+    """The last finished requests with their phase timings: why was that one slow?"""
+    return web.json_response({"requests": [s.fields() for s in request.app[OBSERVER].recent]})

@@ -1,6 +1,6 @@
 """mlx-lm called directly, in this process: the ceiling an HTTP server can approach.
 
-Run as a script (`python benchmarks/inprocess.py MODEL_DIR`); prints one JSON object with
+Run as a script (`python -m pensieve.cli.bench.inprocess MODEL_DIR`); prints one JSON object with
 single-stream decode tokens/s (`stream_generate`), aggregate tokens/s at 5 sequences
 (`batch_generate`), weight bytes and measured memory bandwidth.
 """

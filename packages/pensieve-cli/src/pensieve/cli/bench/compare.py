@@ -1,0 +1,196 @@
+"""Pensieve against mlx-lm's own server, on the same model and machine, over HTTP.
+
+    pensieve bench [--model embedded|synthetic:PRESET[:BITS]|PATH] [--quick]
+    (or `make bench`, or `python benchmarks/serve_bench.py …`)
+
+Each server runs alone while it is measured; both get the same prompts, the same warm-up and
+the same streaming client. Prints one table with the ratio Pensieve / mlx-lm for each figure,
+plus mlx-lm called in-process (the ceiling for an HTTP server) and the bandwidth floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import aiohttp
+
+from pensieve.cli.bench import harness
+from pensieve.cli.bench.harness import (
+    ServerProcess,
+    concurrent,
+    free_port,
+    mlx_lm_server,
+    pensieve_server,
+    stream_chat,
+)
+
+FILLER = (
+    "The history of the river valley is long. Farmers planted barley and flax along its banks, "
+    "traders carried salt downstream, and every spring the floods rearranged the fields. "
+)
+
+
+def prepare_model(spec: str, workdir: Path, tokenizer_dir: Path | None = None) -> Path:
+    """An MLX folder both servers can load (mlx_lm.server cannot read GGUF)."""
+    if spec == "embedded":
+        from pensieve.modelmgr.embedded import embedded_model_path
+        from pensieve.modelmgr.gguf import load_gguf, save_mlx_folder
+
+        out = workdir / "smollm2-135m-instruct"
+        save_mlx_folder(*load_gguf(embedded_model_path()), out)
+        return out
+    if spec.startswith("synthetic:"):
+        import mlx.core as mx
+
+        from pensieve.modelmgr.synthetic import make_random_model
+
+        _, preset, *bits = spec.split(":")
+        tokenizer = None
+        if tokenizer_dir is not None:
+            from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+            tokenizer = load_tokenizer(tokenizer_dir)
+        return make_random_model(
+            workdir / preset,
+            preset,
+            bits=int(bits[0]) if bits else None,
+            dtype=mx.bfloat16 if bits else mx.float32,
+            tokenizer=tokenizer,
+        )
+    return Path(spec)
+
+
+def conversation(tag: str, filler_repeats: int, question: str) -> list[dict[str, str]]:
+    """A unique first line keeps one scenario from hitting another's prefix cache."""
+    return [
+        {"role": "system", "content": f"[{tag}] You are a careful assistant.\n" + FILLER * filler_repeats},
+        {"role": "user", "content": question},
+    ]
+
+
+async def measure(server: ServerProcess, quick: bool) -> dict[str, float]:
+    url = server.base_url
+    long_repeats = 4 if quick else 60  # ~2k tokens with the SmolLM2 tokenizer
+    decode_tokens = 32 if quick else 256
+    runs = 1 if quick else 3
+    timeout = aiohttp.ClientTimeout(total=1800)
+    out: dict[str, float] = {"ready_s": server.ready_s}
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        # Warm-up covering short and long prefill and decode (kernels compile on first use).
+        first, _ = await stream_chat(s, url, conversation("warm", long_repeats, "Hello"), 8)
+        out["first_request_s"] = first.total
+        await stream_chat(s, url, conversation("warm2", 1, "Hi"), 8)
+        out["ttft_short_s"] = median([(await stream_chat(s, url, conversation(f"short{i}", 0, "Hi"), 4))[0].ttft for i in range(runs)])
+        cold, follow = [], []
+        for i in range(runs):
+            convo = conversation(f"long{i}", long_repeats, "Summarize the text above in one line.")
+            first, reply = await stream_chat(s, url, convo, 16)
+            cold.append(first.ttft)
+            convo += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Now in French."}]
+            follow.append((await stream_chat(s, url, convo, 4))[0].ttft)
+        out["ttft_long_s"], out["ttft_followup_s"] = median(cold), median(follow)
+        decode = [(await stream_chat(s, url, conversation(f"dec{i}", 0, "Write a long story about a dragon."), decode_tokens))[0] for i in range(runs)]
+        out["decode_tps"] = max(r.decode_tps for r in decode)
+    for n in (1, 3, 5):
+        prompts = [conversation(f"agg{n}-{i}", 0, f"Tell story number {i} about a dragon.") for i in range(n)]
+        out[f"aggregate_{n}_tps"], _ = await concurrent(url, prompts, decode_tokens)
+    out["peak_memory_gb"] = server.peak_bytes / 1e9
+    return out
+
+
+def run_server(server: ServerProcess, workdir: Path, quick: bool) -> dict[str, float]:
+    server.start(workdir / f"{server.name}.log")
+    try:
+        result = asyncio.run(measure(server, quick))
+        if server.name == "pensieve":
+            import urllib.request
+
+            with urllib.request.urlopen(server.base_url + "/health") as r:
+                models = json.loads(r.read())["models"]
+            result["load_s"] = models[0].get("load_seconds", 0.0)
+        return result
+    finally:
+        server.stop()
+
+
+ROWS = [
+    ("ready_s", "time to ready (process start to healthy), s", False),
+    ("first_request_s", "first request after ready, s", False),
+    ("ttft_short_s", "time to first token, short prompt, s", False),
+    ("ttft_long_s", "time to first token, ~2k-token prompt, s", False),
+    ("ttft_followup_s", "time to first token, follow-up turn on that prefix, s", False),
+    ("decode_tps", "single-stream decode, tokens/s", True),
+    ("aggregate_1_tps", "aggregate, 1 stream, tokens/s", True),
+    ("aggregate_3_tps", "aggregate, 3 streams, tokens/s", True),
+    ("aggregate_5_tps", "aggregate, 5 streams, tokens/s", True),
+    ("peak_memory_gb", "peak memory (process), GB", False),
+]
+
+
+def report(p: dict[str, float], m: dict[str, float], inproc: dict[str, float], meta: dict[str, Any]) -> str:
+    lines = [
+        f"model: {meta['model']}  machine: {meta['machine']}  mlx {meta['mlx']}, mlx-lm {meta['mlx_lm']}",
+        "",
+        "| measure | Pensieve | mlx_lm.server | Pensieve / mlx-lm |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label, _ in ROWS:
+        ratio = p[key] / m[key] if m.get(key) else float("nan")
+        lines.append(f"| {label} | {p[key]:.3f} | {m[key]:.3f} | {ratio:.2f}x |")
+    lines.append(f"| model load (Pensieve, weights only), s | {p.get('load_s', 0):.3f} | | |")
+    floor = inproc["bandwidth_bytes_s"] / inproc["weight_bytes"]
+    lines += [
+        "",
+        f"- follow-up / cold time to first token (Pensieve): {p['ttft_followup_s'] / p['ttft_long_s']:.2f}x",
+        f"- mlx-lm in-process `stream_generate` decode: {inproc['stream_generate_tps']:.1f} tokens/s; "
+        f"Pensieve over HTTP reaches {p['decode_tps'] / inproc['stream_generate_tps']:.2f}x of it",
+        f"- mlx-lm in-process `batch_generate`, 5 sequences: {inproc['batch_generate_5_tps']:.1f} tokens/s",
+        f"- bandwidth floor: {inproc['weight_bytes'] / 1e9:.3f} GB of weights / {inproc['bandwidth_bytes_s'] / 1e9:.0f} GB/s "
+        f"= {floor:.0f} tokens/s at batch 1; Pensieve decode is {p['decode_tps'] / floor:.1%} of it",
+    ]
+    return "\n".join(lines)
+
+
+def run_comparison(model_spec: str, *, quick: bool, json_out: Path | None, workdir: Path | None, tokenizer: Path | None) -> str:
+    """Prepare the model, measure mlx-lm in-process, then each server alone; returns the table."""
+    import mlx.core as mx
+    import mlx_lm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        done = work / "prepared-model.txt"
+        if done.is_file() and done.read_text().split("\n")[0] == model_spec:
+            model = Path(done.read_text().split("\n")[1])
+        else:
+            model = prepare_model(model_spec, work, tokenizer)
+            done.write_text(f"{model_spec}\n{model}")
+        harness.MODEL_NAME = str(model)
+        print(f"model ready: {model}\nmlx-lm in-process ...", flush=True)
+        inproc = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "pensieve.cli.bench.inprocess", str(model), "32" if quick else "256"],
+                check=True, capture_output=True, text=True,
+            ).stdout.strip().splitlines()[-1]
+        )
+        print(f"in-process: {inproc}\nPensieve ...", flush=True)
+        p = run_server(pensieve_server(str(model), free_port(), work / "home", 5), work, quick)
+        print(f"Pensieve: {p}\nmlx_lm.server ...", flush=True)
+        m = run_server(mlx_lm_server(str(model), free_port()), work, quick)
+    meta = {
+        "model": model_spec,
+        "machine": f"{platform.system()} {platform.machine()} {mx.default_device()}",
+        "mlx": mx.__version__,
+        "mlx_lm": mlx_lm.__version__,
+    }
+    if json_out is not None:
+        json_out.write_text(json.dumps({"pensieve": p, "mlx_lm": m, "inprocess": inproc, "meta": meta}, indent=2))
+    return report(p, m, inproc, meta)

@@ -1,0 +1,44 @@
+"""The benchmark runs (on the tiny model, figures not judged) and the profiler explains requests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anthropic
+import pytest
+
+from tests.support import API_KEY, ServerThread
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_compares_against_mlx_lm_server_end_to_end(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pensieve.cli", "bench", "--model", "synthetic:tiny-llama", "--quick",
+         "--json", str(tmp_path / "figures.json")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    for row in ("single-stream decode", "aggregate, 5 streams", "follow-up turn", "peak memory", "bandwidth floor"):
+        assert row in table
+    import json
+
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    for side in ("pensieve", "mlx_lm"):
+        assert figures[side]["decode_tps"] > 0 and figures[side]["aggregate_5_tps"] > 0
+
+
+def test_profile_shows_each_phase_of_recent_requests(tiny_server: ServerThread) -> None:
+    client = anthropic.Anthropic(base_url=tiny_server.base_url, api_key=API_KEY)
+    client.messages.create(model="x", max_tokens=8, messages=[{"role": "user", "content": "profile me"}])
+    result = subprocess.run(
+        [sys.executable, "-m", "pensieve.cli", "bench", "--profile", "--url", tiny_server.base_url],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    header, _, *rows = result.stdout.strip().splitlines()
+    for phase in ("queue s", "tokenize s", "prefill s", "decode s", "detokenize s", "MLX peak GB"):
+        assert phase in header
+    assert any("/v1/messages" in row for row in rows)
