@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from pensieve.cli.common import log_file_for, settings_or_exit
 from pensieve.cli.daemon import launch_background
 from pensieve.utils import PensieveError, Settings, load_settings
+from pensieve.utils.blas import reexec_with_openblas
 from pensieve.utils.logging import logger, setup_logging
 from pensieve.utils.pidfile import pid_file_path, remove_pid_file, running_server
 
@@ -113,6 +114,8 @@ def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool) ->
         compression=log.compression,
         secrets=[settings.server.api_key],
     )
+    # MLX's Linux CPU build: re-execute once with OpenBLAS preloaded (same PID), before MLX loads.
+    reexec_with_openblas(settings.performance.cpu_strategy)
     from pensieve.modelmgr import ModelPool  # MLX: only in the serving process
     from pensieve.server import create_app, serve
 

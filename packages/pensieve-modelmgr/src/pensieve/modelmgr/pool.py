@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from pensieve.engine import Engine, EngineConfig
-from pensieve.metal import memory_stats
+from pensieve.metal import device_info, memory_stats
+from pensieve.metal.cpu import choose_layout, dequantize_model
 from pensieve.modelmgr.catalog import budget_bytes, describe_source, prefix_cache_bytes, servable
 from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, source_signature
@@ -34,6 +36,7 @@ from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
 from pensieve.utils import ModelLoadError, NotFoundError, OverloadedError, PensieveError, Settings
+from pensieve.utils.blas import openblas_loaded
 from pensieve.utils.logging import logger
 from pensieve.utils.paths import model_store_dir
 
@@ -167,6 +170,7 @@ class ModelPool:
                     name, estimate.context_length, facts.context_length,
                 )  # fmt: skip
             loaded = await self._off_loop(load_source, served.source)
+            await self._off_loop(self._cpu_layout, loaded)
             engine = Engine(
                 loaded.model,
                 loaded.tokenizer,
@@ -191,6 +195,16 @@ class ModelPool:
             "model {} ready: loaded in {:.2f}s, estimated {}", name, loaded.load_seconds, estimate.describe()
         )
         return engine
+
+    def _cpu_layout(self, loaded: LoadedModel) -> None:
+        """On MLX's CPU backend, a small model runs dequantized when OpenBLAS does its products."""
+        if device_info().backend != "cpu":
+            return
+        strategy = self.settings.performance.cpu_strategy
+        if choose_layout(loaded.model, self.budget_bytes, strategy, openblas_loaded()) == "dequantized":
+            dequantize_model(loaded.model)
+            loaded.weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
+            logger.info("{}: dequantized to float32 for the CPU ({:.0f} MB)", loaded.source.name, loaded.weight_bytes / 1e6)
 
     async def _make_room(self, served: ServedModel, need: int) -> None:
         """Unload idle models, least recently used first, until `need` more bytes fit."""

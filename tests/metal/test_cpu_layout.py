@@ -1,0 +1,73 @@
+"""The CPU strategy: OpenBLAS preloaded by re-execution, small models dequantized to float32."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+
+from pensieve.metal.cpu import choose_layout, dequantize_model, float32_bytes
+from pensieve.utils.blas import REEXEC_MARK, openblas_library, preload_environment
+from tests.support import API_KEY, CliServer
+
+
+def quantized_mlp() -> nn.Module:
+    mx.random.seed(3)
+    model = nn.Sequential(nn.Embedding(256, 64), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 256))
+    nn.quantize(model, group_size=32, bits=4)
+    return model
+
+
+def test_dequantized_model_computes_what_the_quantized_one_did() -> None:
+    model = quantized_mlp()
+    tokens = mx.array([[1, 5, 9, 200]])
+    before = model(tokens)
+    dequantize_model(model)
+    after = model(tokens)
+    assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+    assert after.dtype == mx.float32
+    assert mx.allclose(before.astype(mx.float32), after, atol=1e-4).item()
+
+
+def test_float32_size_and_layout_choice() -> None:
+    model = quantized_mlp()
+    expected = (256 * 64 + 64 * 128 + 128 + 128 * 256 + 256) * 4
+    assert float32_bytes(model) == expected
+    assert choose_layout(model, budget_bytes=expected * 4, strategy="auto", blas_ready=True) == "dequantized"
+    assert choose_layout(model, budget_bytes=expected * 2, strategy="auto", blas_ready=True) == "quantized"
+    assert choose_layout(model, budget_bytes=expected * 100, strategy="auto", blas_ready=False) == "quantized"
+    assert choose_layout(model, budget_bytes=1, strategy="dequantized", blas_ready=False) == "dequantized"
+
+
+def test_preload_environment_only_when_it_helps() -> None:
+    assert preload_environment({}, "quantized") is None
+    assert preload_environment({REEXEC_MARK: "x"}, "auto") is None
+    env = preload_environment({"LD_PRELOAD": "/lib/other.so"}, "auto")
+    if openblas_library() is None:
+        assert env is None
+    else:
+        assert env is not None and env["LD_PRELOAD"].startswith("/lib/other.so ")
+        assert env[REEXEC_MARK] in env["LD_PRELOAD"]
+
+
+@pytest.mark.slow
+def test_served_embedded_model_uses_openblas_and_float32_when_available(tmp_path) -> None:
+    """The real `pensieve start`: same PID after re-executing, OpenBLAS mapped, weights float32."""
+    server = CliServer(tmp_path, env={"PENSIEVE_PERFORMANCE_WARMUP": "false"}).start()
+    try:
+        maps = open(f"/proc/{server.proc.pid}/maps").read()
+        request = urllib.request.Request(f"{server.base_url}/health", headers={"x-api-key": API_KEY})
+        weights = json.loads(urllib.request.urlopen(request).read())["models"][0]["weight_bytes"]
+        if openblas_library() is not None:
+            assert "libopenblas" in maps
+            assert weights > 4 * 98_000_000  # 135M parameters in float32, not the 98 MB 4-bit file
+        else:
+            assert "libopenblas" not in maps
+            assert weights < 120_000_000
+    finally:
+        assert server.stop() == 0
+    assert os.environ.get(REEXEC_MARK) is None
