@@ -270,3 +270,46 @@ def test_reasoning_is_a_thinking_block_only_when_thinking_is_on(
     else:
         assert [(b.type, b.text) for b in message.content] == [("text", "Paris.")]
         assert all(e.delta.type == "text_delta" for e in events if e.type == "content_block_delta")
+
+
+def test_beta_client_with_beta_names_and_claude_code_shaped_input(client: anthropic.Anthropic) -> None:
+    """What Claude Code sends, through the SDK's beta client (`?beta=true`, `anthropic-beta`)."""
+    request: dict[str, Any] = dict(
+        model="claude-opus-4-8",
+        betas=["claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27"],
+        system=[
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.0; cch=abc;"},
+            {"type": "text", "text": "You are an agent.", "cache_control": {"type": "ephemeral"}},
+        ],
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "system", "content": "Reminder: be brief."},
+        ],
+        tools=[WEATHER_TOOL],
+        thinking={"type": "adaptive"},
+        extra_body={"context_management": {"edits": []}, "output_config": {"effort": "high"}},
+    )
+    message = client.beta.messages.create(max_tokens=3, metadata={"user_id": "device-1"}, **request)
+
+    def count(**changes: Any) -> int:
+        return client.beta.messages.count_tokens(**{**request, **changes}).input_tokens
+
+    usage = message.usage
+    assert message.type == "message" and count() == usage.input_tokens + (usage.cache_read_input_tokens or 0)
+    assert count(messages=request["messages"][:1]) < count()  # the mid-conversation system turn counts
+    assert count(system=request["system"][1:]) == count()  # the billing line never reaches the prompt
+
+
+IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+
+
+def test_an_image_in_the_latest_turn_is_refused_and_an_older_one_summarized(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="m", max_tokens=3, messages=[{"role": "user", "content": [IMAGE, {"type": "text", "text": "What is this?"}]}])
+    assert "this model cannot read images" in info.value.message
+    older = [
+        {"role": "user", "content": [IMAGE, {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "I cannot see it."},
+        {"role": "user", "content": "Then tell me a joke."},
+    ]
+    assert client.messages.create(model="m", max_tokens=3, messages=older).usage.output_tokens >= 1
