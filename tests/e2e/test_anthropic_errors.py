@@ -159,3 +159,22 @@ def test_max_tokens_is_capped_by_the_context_window(strict: ServerThread, client
         message = client.messages.create(model=served(strict), max_tokens=20_000, messages=USER)
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens + message.usage.input_tokens + message.usage.cache_read_input_tokens == CONTEXT
+
+
+def test_an_unexpected_failure_after_the_stream_began_is_an_error_event(strict: ServerThread) -> None:
+    engine = strict.call(strict.pool.engine(None))
+
+    def broken(request: ChatRequest) -> Any:
+        raise RuntimeError("sampler factory broke")
+
+    original, engine.sampler_for = engine.sampler_for, broken
+    try:
+        status, headers, raw = call(strict, "POST", "/v1/messages", {"model": served(strict), "max_tokens": 5, "messages": USER, "stream": True})
+        whole, _, body = call(strict, "POST", "/v1/messages", {"model": served(strict), "max_tokens": 5, "messages": USER})
+    finally:
+        engine.sampler_for = original
+    events = sse_events(raw)
+    assert status == 200 and [name for name, _ in events] == ["message_start", "error"]
+    assert events[-1][1]["error"] == {"type": "api_error", "message": "internal server error; the server log has details. Retry the request"}
+    assert events[-1][1]["request_id"] == headers["request-id"]
+    assert whole == 500 and json.loads(body)["error"]["type"] == "api_error"
