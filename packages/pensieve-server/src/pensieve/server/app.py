@@ -21,7 +21,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pensieve.server import anthropic_routes, metrics, openai_routes, system_routes
+from pensieve.server import anthropic_routes, metrics, openai_routes, openapi, system_routes
+from pensieve.server.exposure import check_exposure
 from pensieve.server.keys import PRELOAD, PROVIDER, SETTINGS, STARTED_AT
 from pensieve.server.lifecycle import (
     SettingsLoader,
@@ -73,6 +74,7 @@ def create_app(settings: Settings, provider: ModelProvider) -> web.Application:
     app.add_routes(system_routes.routes)
     app.add_routes(anthropic_routes.routes)
     app.add_routes(openai_routes.routes)
+    app.add_routes(openapi.routes)
     app.cleanup_ctx.append(_provider_lifecycle)
     return app
 
@@ -105,11 +107,13 @@ async def serve(
 ) -> int:
     """Serve until SIGTERM/SIGINT (exit code 0) or a failed preload of the default model (1).
 
-    Raises OSError if the port cannot be bound. `pid_file` is written once the port is bound
+    Raises PensieveError for a non-loopback `host` without a key of the operator's (see
+    exposure.py), OSError if the port cannot be bound. `pid_file` is written once the port is bound
     and removed on exit; `reload` re-reads the settings on SIGHUP; `args` are recorded in the
     PID file for `pensieve restart`.
     """
     settings = app[SETTINGS]
+    check_exposure(host, settings.server.api_key)
     sock = _listen(host, port)
     bound_port = sock.getsockname()[1]
     runner = web.AppRunner(app, shutdown_timeout=2.0, handle_signals=False, access_log=None)

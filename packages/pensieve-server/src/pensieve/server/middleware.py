@@ -41,7 +41,8 @@ from pensieve.utils.settings import ServerSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/", "/health"})
+OPEN_PATHS = frozenset({"/", "/health", "/openapi.json"})
+"""Answered without a key: liveness, status (no secrets in it) and the public API description."""
 QUIET_PATHS = OPEN_PATHS | {"/metrics"}
 """Polled by monitors: logged at DEBUG and not counted as requests served."""
 CONTENT_LOG_LIMIT = 20_000

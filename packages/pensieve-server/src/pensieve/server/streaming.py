@@ -4,6 +4,11 @@ aiohttp does not cancel a handler when its client goes away, and during a long p
 is written that would fail. So the event stream is watched: if the connection closes, the
 engine's iterator is closed, which cancels the sequence and frees its batch slot. While nothing
 arrives for a while, a keep-alive tick lets SSE routes send a ping.
+
+A client that stays connected but stops reading is the other way to hold a slot forever: once
+the socket buffers fill, aiohttp's write drain pauses the handler (backpressure), and the
+sequence would wait with it. So each SSE write may block at most `server.write_timeout_s`;
+past that the client is dropped (connection aborted, sequence cancelled) and logged.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from aiohttp import web
 
 from pensieve.engine import Generation
 from pensieve.models import Finished, GenerationEvent
+from pensieve.server.keys import SETTINGS
+from pensieve.utils.logging import logger
 
 KEEPALIVE_S = 10.0
 
@@ -75,6 +82,8 @@ class SSEWriter:
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
+        self.dropped = False
+        """Set when the client was dropped for not reading (see the module docstring)."""
         self.response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -90,12 +99,30 @@ class SSEWriter:
     async def event(self, name: str | None, data: dict[str, Any] | str) -> None:
         payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         head = f"event: {name}\n" if name else ""
+        timeout = self.request.app[SETTINGS].server.write_timeout_s
         try:
-            await self.response.write(f"{head}data: {payload}\n\n".encode())
+            # asyncio.timeout arms a timer, not a task: cheap enough for every token.
+            async with asyncio.timeout(timeout):
+                await self.response.write(f"{head}data: {payload}\n\n".encode())
+        except TimeoutError:
+            self._drop(timeout)
+            raise ClientGone() from None
         except (ConnectionResetError, ConnectionError) as exc:
             raise ClientGone() from exc
 
+    def _drop(self, timeout: float) -> None:
+        self.dropped = True
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()  # close() would wait to flush to a client that does not read
+        logger.warning(
+            "dropped a client that read nothing for {:g}s (server.write_timeout_s); its generation is cancelled",
+            timeout,
+        )
+
     async def close(self) -> None:
+        if self.dropped:
+            return
         try:
             await self.response.write_eof()
         except (ConnectionResetError, ConnectionError):

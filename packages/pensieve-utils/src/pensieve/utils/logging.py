@@ -123,6 +123,9 @@ def setup_logging(
             sys.stderr,
             level=level,
             colorize=sys.stderr.isatty(),
+            # Loguru's default `diagnose` prints every variable's value in a traceback: prompts,
+            # request bodies and keys would reach the terminal (and journald). Never.
+            diagnose=False,
             format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
             "<cyan>{extra[component]}</cyan> {message}",
         )
@@ -137,6 +140,7 @@ def setup_logging(
             compression=_state.compression,
             enqueue=False,
             catch=True,
+            diagnose=False,
         )
     _stdlib_logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
     _stdlib_logging.getLogger("aiohttp.access").setLevel(_stdlib_logging.WARNING)

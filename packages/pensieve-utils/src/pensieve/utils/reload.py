@@ -19,6 +19,7 @@ LIVE_KEYS = frozenset(
         "server.cors_origins",
         "server.metrics_require_auth",
         "server.drain_timeout_s",
+        "server.write_timeout_s",
         "model.aliases",
         "model.unknown",
         "logging.level",

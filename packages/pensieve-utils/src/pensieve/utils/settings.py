@@ -50,6 +50,9 @@ class ServerSettings(_Section):
     """Whether GET /metrics needs the API key; false lets a local Prometheus scrape it openly."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM (`pensieve stop`), seconds in-flight requests get to finish."""
+    write_timeout_s: float = Field(60.0, gt=0)
+    """A streaming client that accepts no data for this many seconds is dropped and its
+    generation cancelled, so a client that stops reading cannot hold a batch slot."""
 
 
 class ModelSettings(_Section):
