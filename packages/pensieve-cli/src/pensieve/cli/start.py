@@ -115,7 +115,8 @@ def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool) ->
         secrets=[settings.server.api_key],
     )
     # MLX's Linux CPU build: re-execute once with OpenBLAS preloaded (same PID), before MLX loads.
-    reexec_with_openblas(settings.performance.cpu_strategy)
+    reexec_with_openblas(settings.performance.weights_layout)
+    from pensieve.metal import apply_memory_limits
     from pensieve.modelmgr import ModelPool  # MLX: only in the serving process
     from pensieve.server import create_app, serve
 
@@ -124,6 +125,8 @@ def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool) ->
     except PensieveError as exc:
         logger.error("cannot start: {}", exc.message)
         raise click.ClickException(exc.message) from None
+    # Process-wide MLX allocator and cache limits; only the serving process sets them.
+    apply_memory_limits(pool.budget_bytes)
     app = create_app(settings, pool)
     host, port = settings.server.host, settings.server.port
     try:

@@ -31,6 +31,8 @@ class LoadedModel:
     context_length: int
     load_seconds: float
     weight_bytes: int
+    layout: str = "as stored"
+    """`as stored`, or how the weights were unpacked at load for this backend."""
 
 
 def _load_mlx_folder(path: Path) -> tuple[Any, Any, dict[str, Any]]:

@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten
 
 from pensieve.engine import Engine, EngineConfig
 from pensieve.metal import device_info, memory_stats
-from pensieve.metal.cpu import choose_layout, dequantize_model
+from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model
 from pensieve.modelmgr.catalog import budget_bytes, describe_source, prefix_cache_bytes, servable
 from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, source_signature
@@ -170,7 +170,7 @@ class ModelPool:
                     name, estimate.context_length, facts.context_length,
                 )  # fmt: skip
             loaded = await self._off_loop(load_source, served.source)
-            await self._off_loop(self._cpu_layout, loaded)
+            await self._off_loop(self._choose_layout, loaded)
             engine = Engine(
                 loaded.model,
                 loaded.tokenizer,
@@ -196,15 +196,17 @@ class ModelPool:
         )
         return engine
 
-    def _cpu_layout(self, loaded: LoadedModel) -> None:
-        """On MLX's CPU backend, a small model runs dequantized when OpenBLAS does its products."""
-        if device_info().backend != "cpu":
-            return
-        strategy = self.settings.performance.cpu_strategy
-        if choose_layout(loaded.model, self.budget_bytes, strategy, openblas_loaded()) == "dequantized":
-            dequantize_model(loaded.model)
+    def _choose_layout(self, loaded: LoadedModel) -> None:
+        """Unpack a quantized model where this backend computes faster that way (metal/layout.py)."""
+        backend = device_info().backend
+        strategy = self.settings.performance.weights_layout
+        if choose_layout(loaded.model, self.budget_bytes, strategy, backend, openblas_loaded()) == "dequantized":
+            dtype = UNPACKED_DTYPE[backend]
+            dequantize_model(loaded.model, dtype)
             loaded.weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
-            logger.info("{}: dequantized to float32 for the CPU ({:.0f} MB)", loaded.source.name, loaded.weight_bytes / 1e6)
+            loaded.layout = f"dequantized ({dtype})"
+            logger.info("{}: weights unpacked to {} for the {} backend ({:.0f} MB)",
+                        loaded.source.name, dtype, backend, loaded.weight_bytes / 1e6)  # fmt: skip
 
     async def _make_room(self, served: ServedModel, need: int) -> None:
         """Unload idle models, least recently used first, until `need` more bytes fit."""
@@ -276,6 +278,7 @@ class ModelPool:
             entry.update(
                 context_length=served.engine.context_length,
                 weight_bytes=served.loaded.weight_bytes,
+                layout=served.loaded.layout,
                 load_seconds=round(served.loaded.load_seconds, 3),
                 warmup_seconds=round(served.warmup_seconds, 3),
                 idle_seconds=round(time.monotonic() - served.last_used, 1),

@@ -88,8 +88,9 @@ class PerformanceSettings(_Section):
     unset means a quarter of the memory budget, 0 turns the cache off."""
     warmup: bool = True
     """Run a short generation after loading so the first request does not pay kernel compilation."""
-    cpu_strategy: Literal["auto", "quantized", "dequantized"] = "auto"
-    """On CPU-only MLX: keep weights quantized, dequantize them for speed, or choose by memory."""
+    weights_layout: Literal["auto", "quantized", "dequantized"] = "auto"
+    """Keep a quantized model's weights packed, or unpack them at load for speed; `auto` unpacks
+    on MLX's CPU (with OpenBLAS) and CUDA backends when they fit, never on Apple Silicon."""
 
 
 class LoggingSettings(_Section):

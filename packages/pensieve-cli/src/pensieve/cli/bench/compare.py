@@ -116,6 +116,7 @@ def run_server(server: ServerProcess, workdir: Path, quick: bool) -> dict[str, f
             with urllib.request.urlopen(server.base_url + "/health") as r:
                 models = json.loads(r.read())["models"]
             result["load_s"] = models[0].get("load_seconds", 0.0)
+            result["layout"] = models[0].get("layout", "as stored")
         return result
     finally:
         server.stop()
@@ -138,6 +139,7 @@ ROWS = [
 def report(p: dict[str, float], m: dict[str, float], inproc: dict[str, float], meta: dict[str, Any]) -> str:
     lines = [
         f"model: {meta['model']}  machine: {meta['machine']}  mlx {meta['mlx']}, mlx-lm {meta['mlx_lm']}",
+        f"weights: Pensieve {p.get('layout', 'as stored')}; mlx_lm.server and in-process mlx-lm as stored",
         "",
         "| measure | Pensieve | mlx_lm.server | Pensieve / mlx-lm |",
         "|---|---:|---:|---:|",

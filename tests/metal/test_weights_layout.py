@@ -1,4 +1,4 @@
-"""The CPU strategy: OpenBLAS preloaded by re-execution, small models dequantized to float32."""
+"""Weights layout: OpenBLAS preloaded by re-execution, quantized models unpacked where faster."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
-from pensieve.metal.cpu import choose_layout, dequantize_model, float32_bytes
+from pensieve.metal.layout import choose_layout, dequantize_model, float32_bytes
 from pensieve.utils.blas import REEXEC_MARK, openblas_library, preload_environment
 from tests.support import API_KEY, CliServer
 
@@ -37,10 +37,16 @@ def test_float32_size_and_layout_choice() -> None:
     model = quantized_mlp()
     expected = (256 * 64 + 64 * 128 + 128 + 128 * 256 + 256) * 4
     assert float32_bytes(model) == expected
-    assert choose_layout(model, budget_bytes=expected * 4, strategy="auto", blas_ready=True) == "dequantized"
-    assert choose_layout(model, budget_bytes=expected * 2, strategy="auto", blas_ready=True) == "quantized"
-    assert choose_layout(model, budget_bytes=expected * 100, strategy="auto", blas_ready=False) == "quantized"
-    assert choose_layout(model, budget_bytes=1, strategy="dequantized", blas_ready=False) == "dequantized"
+    def layout(budget: int, strategy: str = "auto", backend: str = "cpu", blas: bool = True) -> str:
+        return choose_layout(model, budget_bytes=budget, strategy=strategy, backend=backend, blas_ready=blas)
+
+    assert layout(expected * 4) == "dequantized"
+    assert layout(expected * 2) == "quantized"
+    assert layout(expected * 100, blas=False) == "quantized"
+    assert layout(1, strategy="dequantized", blas=False) == "dequantized"
+    assert layout(expected * 2, backend="cuda") == "dequantized"  # bfloat16: half of float32
+    assert layout(expected * 100, backend="metal") == "quantized"
+    assert layout(expected * 100, strategy="quantized") == "quantized"
 
 
 def test_preload_environment_only_when_it_helps() -> None:

@@ -1,10 +1,17 @@
-"""The weights layout for MLX's CPU backend.
+"""The weights layout per MLX backend: keep a quantized model packed, or unpack it at load.
 
-On the CPU, MLX's quantized matrix kernels are unoptimized, while float32 products go to BLAS:
-with OpenBLAS preloaded (see pensieve.utils.blas) a small model dequantized to float32 prefills
-about ten times faster and decodes about twice as fast as in 4-bit (docs/benchmarks.md). That
-trade costs memory (8x the 4-bit weights), so it is taken only when OpenBLAS is there and the
-float32 weights fit comfortably in the budget; otherwise the model stays quantized.
+- Metal (Apple Silicon): MLX's quantized kernels are the fast path and memory is the limit, so
+  quantized models stay quantized.
+- CPU (Linux): MLX's quantized kernels are unoptimized while float32 products go to BLAS. With
+  OpenBLAS preloaded (pensieve.utils.blas) a small model in float32 prefills about ten times
+  faster than in 4-bit (docs/benchmarks.md).
+- CUDA: MLX's quantized matrix kernel for more than one row costs almost a full pass over the
+  weights per row, so batched decoding barely scales (4-bit Phi-3-mini on an H200: 382 tokens/s
+  at 5 sequences), while bfloat16 weights serve 5 sequences for about the price of one
+  (~640 tokens/s) at the same single-stream speed.
+
+Unpacking costs memory (float32: 8x 4-bit weights; bfloat16: 4x), so `auto` does it only when
+the unpacked weights fit in a quarter of the memory budget.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 DEQUANTIZED_SHARE = 0.25
-"""Float32 weights may take at most this share of the memory budget."""
+"""Unpacked weights may take at most this share of the memory budget."""
 
 
 def _quantized_modules(model: nn.Module) -> list[tuple[str, Any]]:
@@ -38,13 +45,18 @@ def float32_bytes(model: nn.Module) -> int:
     return total
 
 
-def choose_layout(model: nn.Module, budget_bytes: int, strategy: str, blas_ready: bool) -> str:
-    """`dequantized` or `quantized`, for a model about to serve on the CPU."""
-    if strategy in ("quantized", "dequantized"):
-        return strategy
-    if not _quantized_modules(model) or not blas_ready:
+UNPACKED_DTYPE = {"cpu": mx.float32, "cuda": mx.bfloat16, "metal": mx.float16}
+"""What a dequantized model computes in, per backend (BLAS on the CPU wants float32)."""
+
+
+def choose_layout(model: nn.Module, budget_bytes: int, strategy: str, backend: str, blas_ready: bool) -> str:
+    """`dequantized` or `quantized`, for a model about to serve on `backend`."""
+    if strategy in ("quantized", "dequantized") or not _quantized_modules(model):
+        return strategy if strategy != "auto" else "quantized"
+    if backend == "metal" or (backend == "cpu" and not blas_ready):
         return "quantized"
-    return "dequantized" if float32_bytes(model) <= budget_bytes * DEQUANTIZED_SHARE else "quantized"
+    unpacked = float32_bytes(model) // (4 // UNPACKED_DTYPE[backend].size)
+    return "dequantized" if unpacked <= budget_bytes * DEQUANTIZED_SHARE else "quantized"
 
 
 def dequantize_model(model: nn.Module, dtype: mx.Dtype = mx.float32) -> None:
