@@ -7,8 +7,8 @@ received is recorded by a test-only middleware placed in front of the app's own.
 
 Why one layer: MLX evaluates lazily, so a prefill computes attention over the whole prompt only
 for the layers whose output a later layer needs. With one layer, the 21k prompt is embedded and
-written to the KV cache in well under a second; the two-layer tiny model needs 40 s or more on
-a 2-core CPU, where MLX's matrix multiply runs at a few GFLOP/s.
+written to the KV cache in well under a second; the two-layer tiny model needs 18-35 s on a
+2-core CPU (with or without a preloaded OpenBLAS), for each of the three runs.
 
 Random weights say nothing useful, so the output is steered through the engine's public
 `sampler_for` hook: for the plain answer, the model's own greedy choice among word tokens for
