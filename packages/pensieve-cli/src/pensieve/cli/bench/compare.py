@@ -100,8 +100,11 @@ async def measure(server: ServerProcess, quick: bool) -> dict[str, float]:
         decode = [(await stream_chat(s, url, conversation(f"dec{i}", 0, "Write a long story about a dragon."), decode_tokens))[0] for i in range(runs)]
         out["decode_tps"] = max(r.decode_tps for r in decode)
     for n in (1, 3, 5):
-        prompts = [conversation(f"agg{n}-{i}", 0, f"Tell story number {i} about a dragon.") for i in range(n)]
-        out[f"aggregate_{n}_tps"], _ = await concurrent(url, prompts, decode_tokens)
+        best = 0.0
+        for attempt in range(runs if runs == 1 else 2):  # best of two: the GPU host is shared
+            prompts = [conversation(f"agg{n}-{attempt}-{i}", 0, f"Tell story number {i} about a dragon.") for i in range(n)]
+            best = max(best, (await concurrent(url, prompts, decode_tokens))[0])
+        out[f"aggregate_{n}_tps"] = best
     out["peak_memory_gb"] = server.peak_bytes / 1e9
     return out
 
