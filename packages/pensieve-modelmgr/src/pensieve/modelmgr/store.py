@@ -29,7 +29,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]
 
 
 def is_safe_name(name: str) -> bool:
-    return bool(_SAFE_NAME.match(name)) and ".." not in name and "--" not in name
+    # The entry's folder name must also fit a file system's 255-byte limit: a longer name is
+    # simply not in the store (asking the file system would raise "File name too long").
+    return bool(_SAFE_NAME.match(name)) and ".." not in name and "--" not in name and len(store_dirname(name)) <= 255
 
 
 def store_dirname(name: str) -> str:

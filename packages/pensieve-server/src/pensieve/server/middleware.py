@@ -71,7 +71,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ClientGone:
         return web.Response(status=499)  # nobody is listening; nginx's "client closed request"
     except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(request, RequestTooLargeError(f"request body too large: {exc.text}. Send a smaller request or raise server.max_body_mb"))
+        detail = (exc.text or "").rstrip(".")  # a chunked body has no length to check up front
+        return error_response(request, RequestTooLargeError(f"request body too large ({detail}); send less, or raise server.max_body_mb"))
     except web.HTTPNotFound:
         return error_response(request, NotFoundError(f"no route for {request.method} {request.path}; see docs/api.md for the endpoints"))
     except web.HTTPMethodNotAllowed as exc:

@@ -25,7 +25,7 @@ from pensieve.models import (
     Usage,
 )
 from pensieve.server.errors import openai_error_body
-from pensieve.server.streaming import ClientGone, SSEWriter
+from pensieve.server.streaming import SSEWriter
 from pensieve.utils import ApiError
 
 _FINISH_REASONS = {"max_tokens": "length", "tool_use": "tool_calls"}
@@ -148,10 +148,7 @@ class ChunkStream:
 
     async def keepalive(self) -> None:
         """An SSE comment: clients skip it, proxies see a live connection during long prefills."""
-        try:
-            await self.sse.response.write(b": keep-alive\n\n")
-        except (ConnectionResetError, ConnectionError) as exc:
-            raise ClientGone() from exc
+        await self.sse.comment("keep-alive")
 
     async def fail(self, error_type: str, message: str) -> None:
         """A failure after the stream began: an OpenAI error object as a data line (the SDKs

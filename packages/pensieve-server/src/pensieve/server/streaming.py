@@ -99,11 +99,18 @@ class SSEWriter:
     async def event(self, name: str | None, data: dict[str, Any] | str) -> None:
         payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         head = f"event: {name}\n" if name else ""
+        await self._write(f"{head}data: {payload}\n\n".encode())
+
+    async def comment(self, text: str) -> None:
+        """An SSE comment line: clients skip it; proxies see a live connection."""
+        await self._write(f": {text}\n\n".encode())
+
+    async def _write(self, data: bytes) -> None:
         timeout = self.request.app[SETTINGS].server.write_timeout_s
         try:
             # asyncio.timeout arms a timer, not a task: cheap enough for every token.
             async with asyncio.timeout(timeout):
-                await self.response.write(f"{head}data: {payload}\n\n".encode())
+                await self.response.write(data)
         except TimeoutError:
             self._drop(timeout)
             raise ClientGone() from None
