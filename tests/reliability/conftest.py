@@ -8,8 +8,10 @@ before (a cancelled sequence's KV cache is freed, not kept for reuse).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +20,13 @@ from typing import Any
 
 import pytest
 
+from pensieve.modelmgr import ModelPool
 from pensieve.utils.logging import logger
-from tests.support import API_KEY, ServerThread, make_settings
+from tests.support import API_KEY, CliServer, ServerThread, make_settings
 
 CONTEXT = 256
+Server = ServerThread | CliServer
+"""What the HTTP helpers talk to: a server thread or a `pensieve start` process."""
 ANTHROPIC = "/v1/messages"
 OPENAI = "/v1/chat/completions"
 
@@ -44,7 +49,7 @@ def headers_for(path: str, **extra: str) -> dict[str, str]:
     return {"content-type": "application/json", **auth, **extra}
 
 
-def post_raw(server: ServerThread, path: str, data: bytes, headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+def post_raw(server: Server, path: str, data: bytes, headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
     """POST these exact bytes; (status, headers, body)."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     try:
@@ -55,7 +60,7 @@ def post_raw(server: ServerThread, path: str, data: bytes, headers: dict[str, st
         connection.close()
 
 
-def post_json(server: ServerThread, path: str, body: dict[str, Any], **extra: str) -> tuple[int, dict[str, Any]]:
+def post_json(server: Server, path: str, body: dict[str, Any], **extra: str) -> tuple[int, dict[str, Any]]:
     status, _, raw = post_raw(server, path, json.dumps(body).encode(), headers_for(path, **extra))
     return status, json.loads(raw)
 
@@ -95,7 +100,7 @@ def idle(server: ServerThread) -> bool:
 class Stream:
     """A streaming request read line by line, which a test can abandon at any point."""
 
-    def __init__(self, server: ServerThread, path: str, body: dict[str, Any], timeout: float = 60) -> None:
+    def __init__(self, server: Server, path: str, body: dict[str, Any], timeout: float = 60) -> None:
         self.path = path
         self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
         self.connection.request("POST", path, json.dumps({**body, "stream": True}).encode(), headers_for(path))
@@ -142,3 +147,15 @@ def warnings_logged() -> Iterator[list[str]]:
     sink = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
     yield messages
     logger.remove(sink)
+
+
+@contextlib.contextmanager
+def store_server(model: Path, root: Path, entries: list[str], **overrides: Any) -> Iterator[tuple[ServerThread, Path]]:
+    """A server over its own model store under `root`, holding a copy of `model` per entry;
+    the first entry is the default model."""
+    store = root / "models"
+    for name in entries:
+        shutil.copytree(model, store / name)
+    settings = make_settings(entries[0], root, **overrides)
+    with ServerThread(settings, ModelPool(settings, store=store)) as server:
+        yield server, store

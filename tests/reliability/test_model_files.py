@@ -14,21 +14,16 @@ from typing import Any
 
 import pytest
 
-from pensieve.modelmgr import ModelPool
-from tests.reliability.conftest import ANTHROPIC, OPENAI, chat, error_of, post_json
-from tests.support import ServerThread, health, make_settings
+from tests.reliability.conftest import ANTHROPIC, OPENAI, chat, error_of, post_json, store_server
+from tests.support import ServerThread, health
 
 WEIGHTS = "model.safetensors"
 
 
 @pytest.fixture
-def store_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[ServerThread, Path]]:
-    store = tmp_path / "models"
-    for name in ("good", "vanishing", "deleted", "loaded"):
-        shutil.copytree(tiny_model_dir, store / name)
-    settings = make_settings("good", tmp_path, model__unknown="error")
-    with ServerThread(settings, ModelPool(settings, store=store)) as server:
-        yield server, store
+def files(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[ServerThread, Path]]:
+    with store_server(tiny_model_dir, tmp_path, ["good", "vanishing", "deleted", "loaded"], model__unknown="error") as running:
+        yield running
 
 
 def _states(server: ServerThread) -> dict[str, dict[str, Any]]:
@@ -37,9 +32,9 @@ def _states(server: ServerThread) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("path", [ANTHROPIC, OPENAI])
 def test_weights_that_vanish_before_the_load_are_a_clear_error_until_they_are_back(
-    store_server: tuple[ServerThread, Path], path: str
+    files: tuple[ServerThread, Path], path: str
 ) -> None:
-    server, store = store_server
+    server, store = files
     assert _states(server)["vanishing"]["state"] == "available"
     kept = (store / "vanishing" / WEIGHTS).read_bytes()
     (store / "vanishing" / WEIGHTS).unlink()
@@ -56,8 +51,8 @@ def test_weights_that_vanish_before_the_load_are_a_clear_error_until_they_are_ba
     assert post_json(server, path, chat(model="vanishing"))[0] == 200
 
 
-def test_a_model_folder_deleted_after_listing_is_not_found(store_server: tuple[ServerThread, Path]) -> None:
-    server, store = store_server
+def test_a_model_folder_deleted_after_listing_is_not_found(files: tuple[ServerThread, Path]) -> None:
+    server, store = files
     assert "deleted" in _states(server)
     shutil.rmtree(store / "deleted")
     status, body = post_json(server, ANTHROPIC, chat(model="deleted"))
@@ -65,9 +60,9 @@ def test_a_model_folder_deleted_after_listing_is_not_found(store_server: tuple[S
     assert "deleted" not in _states(server)
 
 
-def test_files_deleted_under_a_loaded_model_do_not_stop_it(store_server: tuple[ServerThread, Path]) -> None:
+def test_files_deleted_under_a_loaded_model_do_not_stop_it(files: tuple[ServerThread, Path]) -> None:
     """The weights are in memory once loaded: the model keeps answering until it is unloaded."""
-    server, store = store_server
+    server, store = files
     assert post_json(server, ANTHROPIC, chat(model="loaded"))[0] == 200
     shutil.rmtree(store / "loaded")
     status, body = post_json(server, ANTHROPIC, chat(model="loaded"))
