@@ -18,6 +18,10 @@ from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import greedy_sampler
 
 
+ONE_PASS_TOKENS = 512
+"""Prompts up to this long are prefilled in the same forward pass that yields the first token."""
+
+
 class SoloSequence:
     """A sequence's KV cache plus the tokens still to feed; `advance()` does one unit of work."""
 
@@ -53,7 +57,9 @@ class SoloSequence:
         """Prefill one chunk (returns None) or produce one token (returns it)."""
         with mx.stream(generation_stream):
             if self._next is None:
-                if len(self.to_feed) > 1:
+                # A short remainder (a follow-up turn after a prefix-cache hit) goes through in
+                # one pass; only long prompts are chunked, to bound the logits' memory.
+                if len(self.to_feed) > min(self.prefill_step_size, ONE_PASS_TOKENS):
                     n = min(self.prefill_step_size, len(self.to_feed) - 1)
                     self.model(mx.array(self.to_feed[:n])[None], cache=self.cache)
                     mx.eval([c.state for c in self.cache])
