@@ -17,7 +17,6 @@ from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import greedy_sampler
 
-
 ONE_PASS_TOKENS = 512
 """Prompts up to this long are prefilled in the same forward pass that yields the first token."""
 

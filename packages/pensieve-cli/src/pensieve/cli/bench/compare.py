@@ -31,6 +31,7 @@ from pensieve.cli.bench.harness import (
     pensieve_server,
     stream_chat,
 )
+from pensieve.cli.bench.profile import profile_table, recent_profiles
 
 FILLER = (
     "The history of the river valley is long. Farmers planted barley and flax along its banks, "
@@ -120,6 +121,7 @@ def run_server(server: ServerProcess, workdir: Path, quick: bool) -> dict[str, f
                 models = json.loads(r.read())["models"]
             result["load_s"] = models[0].get("load_seconds", 0.0)
             result["layout"] = models[0].get("layout", "as stored")
+            result["profiles"] = profile_table(recent_profiles(server.base_url, harness.API_KEY))
         return result
     finally:
         server.stop()
@@ -196,6 +198,7 @@ def run_comparison(model_spec: str, *, quick: bool, json_out: Path | None, workd
         "mlx": mx.__version__,
         "mlx_lm": mlx_lm.__version__,
     }
+    profiles = p.pop("profiles", "")
     if json_out is not None:
         json_out.write_text(json.dumps({"pensieve": p, "mlx_lm": m, "inprocess": inproc, "meta": meta}, indent=2))
-    return report(p, m, inproc, meta)
+    return report(p, m, inproc, meta) + "\n\nPensieve's requests, phase by phase:\n" + profiles
