@@ -9,11 +9,10 @@ from aiohttp import web
 from pensieve.models import anthropic as wire
 from pensieve.server.anthropic_in import count_request, to_chat_request
 from pensieve.server.anthropic_out import AnthropicStream, collect_message
+from pensieve.server.generation_response import respond
 from pensieve.server.keys import PROVIDER, STARTED_AT
 from pensieve.server.requests import parse, read_json
-from pensieve.server.streaming import ClientGone, SSEWriter, watched
 from pensieve.utils import NotFoundError
-from pensieve.utils.logging import logger
 
 routes = web.RouteTableDef()
 
@@ -23,33 +22,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     body = parse(wire.MessagesRequest, await read_json(request))
     chat = to_chat_request(body, request["request_id"])
     engine = await request.app[PROVIDER].engine(chat.model)
-    model = body.model or engine.name
-    async with engine.open(chat) as generation:
-        events = watched(request, generation)
-        if not body.stream:
-            return web.json_response(await collect_message(events, model))
-        sse = SSEWriter(request)
-        await sse.start()
-        stream = AnthropicStream(sse, model, generation.input_tokens)
-        try:
-            await stream.begin()
-            async for event in events:
-                await stream.send(event)
-        except ClientGone:
-            pass
-        except Exception:
-            # The status line is gone already: report in the stream, as Anthropic does.
-            logger.exception("stream failed for {}", request["request_id"])
-            await _fail_quietly(stream, "internal server error; the server log has details. Retry the request")
-        await sse.close()
-        return sse.response
-
-
-async def _fail_quietly(stream: AnthropicStream, message: str) -> None:
-    try:
-        await stream.fail("api_error", message)
-    except ClientGone:
-        pass
+    return await respond(request, engine, chat, stream=body.stream, collect=collect_message, open_writer=AnthropicStream)
 
 
 @routes.post("/v1/messages/count_tokens")

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from pensieve.models import ChatRequest, GenerationEvent
 from pensieve.server.streaming import ClientGone, SSEWriter, watched
+from pensieve.utils.logging import logger
 
 
 class EventWriter(Protocol):
@@ -25,6 +26,8 @@ class EventWriter(Protocol):
     async def begin(self) -> None: ...
 
     async def send(self, event: GenerationEvent | None) -> None: ...
+
+    async def fail(self, error_type: str, message: str) -> None: ...
 
 
 Collect = Callable[[AsyncIterator[GenerationEvent | None], str], Awaitable[dict[str, Any]]]
@@ -54,5 +57,16 @@ async def respond(
                 await writer.send(event)
         except ClientGone:
             pass
+        except Exception:
+            # The status line is gone already: report in the stream, as both APIs do.
+            logger.exception("stream failed for {}", request.get("request_id"))
+            await _fail_quietly(writer, "internal server error; the server log has details. Retry the request")
         await sse.close()
         return sse.response
+
+
+async def _fail_quietly(writer: EventWriter, message: str) -> None:
+    try:
+        await writer.fail("api_error", message)
+    except ClientGone:
+        pass
