@@ -168,3 +168,16 @@ async def test_seeded_sampling_is_reproducible(tiny) -> None:
         assert a == b and a != c
     finally:
         engine.close()
+
+
+def test_piecewise_tokenizing_equals_the_tokenizers_own(tiny) -> None:
+    from pensieve.engine.tokenize import CHECKS, PieceEncoder
+
+    _, tokenizer = tiny
+    encoder = PieceEncoder(tokenizer)
+    system = {"role": "system", "content": "You follow the rules below.\n" + "Rule: be brief and exact. " * 80}
+    for turn in range(CHECKS + 3):
+        messages = [system, {"role": "user", "content": f"Question {turn}: what is {turn} times {turn}?"}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert encoder.encode(text) == tokenizer.encode(text, add_special_tokens=False)
+    assert encoder._checks_left == 0  # trusted after CHECKS agreeing prompts, and still exact

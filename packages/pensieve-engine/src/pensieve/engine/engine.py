@@ -24,6 +24,7 @@ from pensieve.engine.prompt import (
 )
 from pensieve.engine.sampling import Sampler, make_sampler
 from pensieve.engine.scheduler import Job, Scheduler
+from pensieve.engine.tokenize import PieceEncoder
 from pensieve.metal import RequestProfile
 from pensieve.models import (
     ChatRequest,
@@ -67,6 +68,7 @@ class Engine:
         self.context_length = context_length
         self.config = config
         self._inflight = 0
+        self._encoder = PieceEncoder(tokenizer)
         self.sampler_for: Callable[[ChatRequest], Sampler | None] = lambda r: make_sampler(r.sampling)
         """Builds each request's sampler; replaceable so a test can force the output tokens
         while every forward pass, parse and encode stays real."""
@@ -83,20 +85,20 @@ class Engine:
 
     def prepare(self, request: ChatRequest) -> RenderedPrompt:
         """Render the prompt and check it fits, truncating old turns if so configured."""
-        rendered = render_prompt(self.tokenizer, request)
+        rendered = render_prompt(self.tokenizer, request, self._encoder.encode)
         limit = self.context_length - 1  # leave room for at least one generated token
         while len(rendered.tokens) > limit and self.config.context_policy == "truncate":
             shorter = _drop_oldest_turn(request)
             if shorter is None:
                 break
             request = shorter
-            rendered = render_prompt(self.tokenizer, request)
+            rendered = render_prompt(self.tokenizer, request, self._encoder.encode)
         if len(rendered.tokens) > limit:
             raise PromptTooLongError(len(rendered.tokens), self.context_length)
         return rendered
 
     def count_tokens(self, request: ChatRequest) -> int:
-        return len(render_prompt(self.tokenizer, request).tokens)
+        return len(render_prompt(self.tokenizer, request, self._encoder.encode).tokens)
 
     # -- generation -------------------------------------------------------------------------
 

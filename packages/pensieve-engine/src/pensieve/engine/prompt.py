@@ -17,6 +17,7 @@ become an instruction at the end of the system prompt (see `tool_choice_instruct
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,10 +185,10 @@ def _template_messages(request: ChatRequest, native_tools: bool) -> list[dict[st
     return _join_user_turns(rendered)
 
 
-def render_prompt(tokenizer: Any, request: ChatRequest) -> RenderedPrompt:
+def render_prompt(tokenizer: Any, request: ChatRequest, encode: Callable[[str], list[int]] | None = None) -> RenderedPrompt:
     """Render and tokenize; the token count is what count_tokens and usage report."""
     if request.raw_prompt is not None:
-        return _tokenize(tokenizer, request.raw_prompt, template_tools=False)
+        return _tokenize(tokenizer, request.raw_prompt, template_tools=False, encode=encode)
     if not request.messages:
         raise InvalidRequestError("messages: at least one message is required", param="messages")
     native_tools = bool(request.tools) and template_supports_tools(tokenizer)
@@ -206,11 +207,14 @@ def render_prompt(tokenizer: Any, request: ChatRequest) -> RenderedPrompt:
             f"the model's chat template rejected this conversation: {exc}. "
             "Check the order of roles (user and assistant turns should alternate)."
         ) from exc
-    return _tokenize(tokenizer, text, template_tools=native_tools)
+    return _tokenize(tokenizer, text, template_tools=native_tools, encode=encode)
 
 
-def _tokenize(tokenizer: Any, text: str, *, template_tools: bool) -> RenderedPrompt:
-    tokens = tokenizer.encode(text, add_special_tokens=False)
+def _tokenize(
+    tokenizer: Any, text: str, *, template_tools: bool, encode: Callable[[str], list[int]] | None
+) -> RenderedPrompt:
+    """`encode` (an engine's PieceEncoder) must equal the tokenizer's own encoding, only faster."""
+    tokens = encode(text) if encode is not None else tokenizer.encode(text, add_special_tokens=False)
     bos = getattr(tokenizer, "bos_token_id", None)
     if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not tokens or tokens[0] != bos):
         tokens = [bos, *tokens]

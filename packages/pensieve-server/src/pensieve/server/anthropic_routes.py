@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -30,7 +31,8 @@ async def count_tokens(request: web.Request) -> web.Response:
     body = parse(wire.CountTokensRequest, await read_json(request))
     chat = count_request(body)
     engine = await request.app[PROVIDER].engine(chat.model)
-    return web.json_response({"input_tokens": engine.count_tokens(chat)})
+    # Rendering a long conversation takes milliseconds: keep it off the event loop.
+    return web.json_response({"input_tokens": await asyncio.to_thread(engine.count_tokens, chat)})
 
 
 def _created_at(request: web.Request) -> str:
