@@ -107,13 +107,18 @@ _HAND_WRITTEN: dict[str, Schema] = {
     "OpenAIModel": _objects(id=_STR, object={"const": "model"}, created=_INT, owned_by=_STR),
     "OpenAIModelList": _objects(object={"const": "list"}, data={"type": "array", "items": _ref("OpenAIModel")}),
     "AnthropicStreamEvent": {
-        "description": "One server-sent event: `event: NAME` and a JSON `data` line",
-        "type": "object",
-        "required": ["event", "data"],
-        "properties": {
-            "event": {"enum": [*ANTHROPIC_EVENTS, "error"]},
-            "data": _json_text({"type": "object", "required": ["type"], "properties": {"type": _STR}}),
-        },
+        "description": "One server-sent event: `event: NAME` and a JSON `data` line whose `type` is NAME",
+        "anyOf": [
+            {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"const": name},
+                    "data": _json_text({"type": "object", "required": ["type"], "properties": {"type": {"const": name}}}),
+                },
+            }
+            for name in (*ANTHROPIC_EVENTS, "error")
+        ],
     },
     "OpenAIStreamEvent": {
         "description": "One `data:` line: a chunk, an error, or the closing `[DONE]`",
