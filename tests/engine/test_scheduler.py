@@ -181,3 +181,38 @@ def test_piecewise_tokenizing_equals_the_tokenizers_own(tiny) -> None:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert encoder.encode(text) == tokenizer.encode(text, add_special_tokens=False)
     assert encoder._checks_left == 0  # trusted after CHECKS agreeing prompts, and still exact
+
+
+async def test_batches_run_on_the_unpacked_twin_and_lone_sequences_on_the_packed_model(tiny_model_dir: Path) -> None:
+    """CUDA's `both` layout: the hand-over between paths carries KV caches across the two models."""
+    import mlx.nn as nn
+
+    from pensieve.metal.layout import choose_layout, unpacked_copy
+
+    model, tokenizer = load(str(tiny_model_dir))
+    nn.quantize(model, group_size=32, bits=4)
+    assert choose_layout(model, 1 << 34, "auto", "cuda", blas_ready=False) == "both"
+    twin = unpacked_copy(model, mx.float32)
+    calls = {"packed": 0, "twin": 0}
+
+    class Counting(nn.Module):
+        def __init__(self, inner: nn.Module, key: str) -> None:
+            super().__init__()
+            self.inner, self.key = inner, key
+            self.layers = inner.layers
+
+        def __call__(self, *args, **kwargs):
+            calls[self.key] += 1
+            return self.inner(*args, **kwargs)
+
+    engine = Engine(Counting(model, "packed"), tokenizer, name="tiny", context_length=32768,
+                    batch_model=Counting(twin, "twin"))
+    try:
+        alone = await run(engine, request("Alone.", 12))
+        assert calls["twin"] == 0 and calls["packed"] > 0
+        together = await asyncio.gather(*(run(engine, request(f"Batch {i}.", 16), delay=0.02 * i) for i in range(3)))
+        assert calls["twin"] > 0
+        assert all(f.usage.output_tokens > 0 for _, f in [alone, *together])
+        assert engine.load["active"] == 0
+    finally:
+        engine.close()

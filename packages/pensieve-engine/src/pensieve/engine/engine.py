@@ -61,6 +61,7 @@ class Engine:
         name: str,
         context_length: int,
         config: EngineConfig = EngineConfig(),
+        batch_model: Any = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -79,6 +80,7 @@ class Engine:
             prefill_step_size=config.prefill_step_size,
             prefix_cache_bytes=config.prefix_cache_bytes,
             name=name,
+            batch_model=batch_model,
         )
 
     # -- prompts ----------------------------------------------------------------------------

@@ -73,8 +73,11 @@ class Scheduler:
         prefill_step_size: int = 2048,
         prefix_cache_bytes: int = 0,
         name: str = "model",
+        batch_model: Any = None,
     ) -> None:
         self._model = model
+        self._batch_model = batch_model if batch_model is not None else model
+        """Batches may run on a twin with other weights layout (CUDA: unpacked); caches are shared."""
         self._stop_ids = frozenset(stop_token_ids)
         self._stop = StopSequences([[t] for t in sorted(stop_token_ids)])
         self._max_batch = max_batch
@@ -144,7 +147,7 @@ class Scheduler:
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
-            self._model,
+            self._batch_model,
             completion_batch_size=self._max_batch,
             prefill_batch_size=self._max_batch,
             prefill_step_size=self._prefill_step_size,

@@ -33,6 +33,8 @@ class LoadedModel:
     weight_bytes: int
     layout: str = "as stored"
     """`as stored`, or how the weights were unpacked at load for this backend."""
+    batch_model: Any = None
+    """An unpacked twin of `model` serving batches, where the backend wants one (CUDA)."""
 
 
 def _load_mlx_folder(path: Path) -> tuple[Any, Any, dict[str, Any]]:

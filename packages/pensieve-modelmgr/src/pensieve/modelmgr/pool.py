@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten
 
 from pensieve.engine import Engine, EngineConfig
 from pensieve.metal import device_info, memory_stats
-from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model
+from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model, unpacked_copy
 from pensieve.modelmgr.catalog import budget_bytes, describe_source, prefix_cache_bytes, servable
 from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, source_signature
@@ -177,6 +177,7 @@ class ModelPool:
                 name=name,
                 context_length=min(estimate.context_length, loaded.context_length),
                 config=self.engine_config,
+                batch_model=loaded.batch_model,
             )
             if self.settings.performance.warmup:
                 served.warmup_seconds = await engine.warmup()
@@ -200,13 +201,20 @@ class ModelPool:
         """Unpack a quantized model where this backend computes faster that way (metal/layout.py)."""
         backend = device_info().backend
         strategy = self.settings.performance.weights_layout
-        if choose_layout(loaded.model, self.budget_bytes, strategy, backend, openblas_loaded()) == "dequantized":
-            dtype = UNPACKED_DTYPE[backend]
+        layout = choose_layout(loaded.model, self.budget_bytes, strategy, backend, openblas_loaded())
+        dtype = UNPACKED_DTYPE[backend]
+        if layout == "dequantized":
             dequantize_model(loaded.model, dtype)
-            loaded.weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
             loaded.layout = f"dequantized ({dtype})"
-            logger.info("{}: weights unpacked to {} for the {} backend ({:.0f} MB)",
-                        loaded.source.name, dtype, backend, loaded.weight_bytes / 1e6)  # fmt: skip
+        elif layout == "both":
+            loaded.batch_model = unpacked_copy(loaded.model, dtype)
+            loaded.layout = f"as stored for one sequence, {dtype} for batches"
+        else:
+            return
+        models = [loaded.model] + ([loaded.batch_model] if loaded.batch_model is not None else [])
+        loaded.weight_bytes = sum(v.nbytes for m in models for _, v in tree_flatten(m.parameters()))
+        logger.info("{}: weights {} on the {} backend ({:.0f} MB)",
+                    loaded.source.name, loaded.layout, backend, loaded.weight_bytes / 1e6)  # fmt: skip
 
     async def _make_room(self, served: ServedModel, need: int) -> None:
         """Unload idle models, least recently used first, until `need` more bytes fit."""
