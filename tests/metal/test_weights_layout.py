@@ -44,7 +44,7 @@ def test_float32_size_and_layout_choice() -> None:
     assert layout(expected * 2) == "quantized"
     assert layout(expected * 100, blas=False) == "quantized"
     assert layout(1, strategy="dequantized", blas=False) == "dequantized"
-    assert layout(expected * 2, backend="cuda") == "dequantized"  # bfloat16: half of float32
+    assert layout(expected * 2, backend="cuda") == "both"  # bfloat16 twin: half of float32
     assert layout(expected * 100, backend="metal") == "quantized"
     assert layout(expected * 100, strategy="quantized") == "quantized"
 
