@@ -183,8 +183,9 @@ def test_piecewise_tokenizing_equals_the_tokenizers_own(tiny) -> None:
     assert encoder._checks_left == 0  # trusted after CHECKS agreeing prompts, and still exact
 
 
-async def test_batches_run_on_the_unpacked_twin_and_lone_sequences_on_the_packed_model(tiny_model_dir: Path) -> None:
-    """CUDA's `both` layout: the hand-over between paths carries KV caches across the two models."""
+async def test_prefill_and_batches_run_on_the_unpacked_twin_lone_decoding_on_the_packed_model(tiny_model_dir: Path) -> None:
+    """CUDA's `both` layout: many-token passes on the twin, one-token steps of a lone sequence on
+    the packed model; KV caches pass between the two."""
     import mlx.nn as nn
 
     from pensieve.metal.layout import choose_layout, unpacked_copy
@@ -209,9 +210,10 @@ async def test_batches_run_on_the_unpacked_twin_and_lone_sequences_on_the_packed
                     batch_model=Counting(twin, "twin"))
     try:
         alone = await run(engine, request("Alone.", 12))
-        assert calls["twin"] == 0 and calls["packed"] > 0
+        assert calls["twin"] == 1  # the prompt, in one pass
+        assert calls["packed"] == alone[1].usage.output_tokens - 1  # every decode step
         together = await asyncio.gather(*(run(engine, request(f"Batch {i}.", 16), delay=0.02 * i) for i in range(3)))
-        assert calls["twin"] > 0
+        assert calls["twin"] > 1 + 3
         assert all(f.usage.output_tokens > 0 for _, f in [alone, *together])
         assert engine.load["active"] == 0
     finally:

@@ -240,6 +240,7 @@ class Scheduler:
             sampler=job.sampler,
             budget=job.remaining,
             prefill_step_size=self._prefill_step_size,
+            prefill_model=self._batch_model,
         )
 
     def _insert(self, generator: BatchGenerator, job: Job, cache: list[Any] | None, to_feed: list[int]) -> None:

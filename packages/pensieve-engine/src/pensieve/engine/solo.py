@@ -34,8 +34,11 @@ class SoloSequence:
         sampler: Any,
         budget: int,
         prefill_step_size: int,
+        prefill_model: Any = None,
     ) -> None:
         self.model = model
+        self.prefill_model = prefill_model if prefill_model is not None else model
+        """Many-token passes may run on a twin with other weights layout (CUDA: unpacked)."""
         self.history = history
         """Prompt and generated tokens so far; the first `fed` of them are in the cache."""
         self.cache = cache if cache is not None else make_prompt_cache(model)
@@ -48,8 +51,8 @@ class SoloSequence:
         """How many tokens of `history` the cache holds."""
         self._next: mx.array | None = None
 
-    def _forward(self, tokens: mx.array) -> mx.array:
-        logits = self.model(tokens[None], cache=self.cache)[:, -1, :]
+    def _forward(self, tokens: mx.array, model: Any) -> mx.array:
+        logits = model(tokens[None], cache=self.cache)[:, -1, :]
         return self.sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
     def advance(self) -> int | None:
@@ -60,12 +63,13 @@ class SoloSequence:
                 # one pass; only long prompts are chunked, to bound the logits' memory.
                 if len(self.to_feed) > min(self.prefill_step_size, ONE_PASS_TOKENS):
                     n = min(self.prefill_step_size, len(self.to_feed) - 1)
-                    self.model(mx.array(self.to_feed[:n])[None], cache=self.cache)
+                    self.prefill_model(mx.array(self.to_feed[:n])[None], cache=self.cache)
                     mx.eval([c.state for c in self.cache])
                     self.to_feed = self.to_feed[n:]
                     self.fed += n
                     return None
-                self._next = self._forward(mx.array(self.to_feed))
+                model = self.prefill_model if len(self.to_feed) > 1 else self.model
+                self._next = self._forward(mx.array(self.to_feed), model)
                 self.fed += len(self.to_feed)
                 self.to_feed = []
                 mx.async_eval(self._next)
@@ -73,7 +77,7 @@ class SoloSequence:
             self.budget -= 1
             # Queue the following step before reading this token, as generate_step does, so
             # the device never waits for Python.
-            self._next = self._forward(current) if self.budget > 0 else None
+            self._next = self._forward(current, self.model) if self.budget > 0 else None
             if self._next is not None:
                 self.fed += 1
                 mx.async_eval(self._next)
