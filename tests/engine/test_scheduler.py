@@ -20,6 +20,22 @@ def tiny(tiny_model_dir: Path):
     return load(str(tiny_model_dir))
 
 
+@pytest.fixture
+def make_engine():
+    """Engines made in a test, closed (compute threads joined) when it ends."""
+    made: list[Engine] = []
+
+    def make(model, tokenizer, *, name: str, context_length: int, batch_model=None, **config) -> Engine:
+        engine = Engine(model, tokenizer, name=name, context_length=context_length,
+                        config=EngineConfig(**config), batch_model=batch_model)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.close()
+
+
 def request(text: str, max_tokens: int = 24, **sampling: float) -> ChatRequest:
     return ChatRequest(
         model="tiny",
@@ -52,7 +68,7 @@ def mlx_lm_generation(model, tokenizer, prompt: list[int], max_tokens: int) -> t
 
 
 @pytest.mark.parametrize("source", ["tiny", "embedded"])
-async def test_greedy_matches_mlx_lm_token_for_token(source: str, tiny) -> None:
+async def test_greedy_matches_mlx_lm_token_for_token(source: str, tiny, make_engine) -> None:
     if source == "embedded":
         from pensieve.modelmgr import embedded_model_path
         from pensieve.modelmgr.gguf import load_gguf
@@ -60,114 +76,91 @@ async def test_greedy_matches_mlx_lm_token_for_token(source: str, tiny) -> None:
         model, tokenizer, _ = load_gguf(embedded_model_path())
     else:
         model, tokenizer = tiny
-    engine = Engine(model, tokenizer, name=source, context_length=8192, config=EngineConfig(prefix_cache_bytes=0))
-    try:
-        req = request("Name three rivers of Europe and say one thing about each.", 32)
-        text, finished = await run(engine, req)
-        expected_text, expected_tokens = mlx_lm_generation(model, tokenizer, engine.prepare(req).tokens, 32)
-        assert text == expected_text
-        assert finished.usage.output_tokens == len(expected_tokens)
-    finally:
-        engine.close()
+    engine = make_engine(model, tokenizer, name=source, context_length=8192, prefix_cache_bytes=0)
+    req = request("Name three rivers of Europe and say one thing about each.", 32)
+    text, finished = await run(engine, req)
+    expected_text, expected_tokens = mlx_lm_generation(model, tokenizer, engine.prepare(req).tokens, 32)
+    assert text == expected_text
+    assert finished.usage.output_tokens == len(expected_tokens)
 
 
-async def test_staggered_concurrent_requests_match_their_solo_outputs(tiny) -> None:
+async def test_staggered_concurrent_requests_match_their_solo_outputs(tiny, make_engine) -> None:
     """Requests joining and leaving mid-decode move between the single and batched paths."""
     model, tokenizer = tiny
-    engine = Engine(model, tokenizer, name="tiny", context_length=32768, config=EngineConfig(prefix_cache_bytes=0))
-    try:
-        reqs = [request(f"Question {i}: what is {i} plus {i}?", 20 + 6 * i) for i in range(4)]
-        alone = [await run(engine, r) for r in reqs]
-        together = await asyncio.gather(*(run(engine, r, delay=0.05 * i) for i, r in enumerate(reqs)))
-        assert [t for t, _ in together] == [t for t, _ in alone]
-        assert [f.usage.output_tokens for _, f in together] == [f.usage.output_tokens for _, f in alone]
-        assert engine.load["active"] == 0
-    finally:
-        engine.close()
+    engine = make_engine(model, tokenizer, name="tiny", context_length=32768, prefix_cache_bytes=0)
+    reqs = [request(f"Question {i}: what is {i} plus {i}?", 20 + 6 * i) for i in range(4)]
+    alone = [await run(engine, r) for r in reqs]
+    together = await asyncio.gather(*(run(engine, r, delay=0.05 * i) for i, r in enumerate(reqs)))
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    assert [f.usage.output_tokens for _, f in together] == [f.usage.output_tokens for _, f in alone]
+    assert engine.load["active"] == 0
 
 
-async def test_follow_up_turn_reads_the_prefix_cache_without_changing_the_answer(tiny) -> None:
+async def test_follow_up_turn_reads_the_prefix_cache_without_changing_the_answer(tiny, make_engine) -> None:
     model, tokenizer = tiny
-    cached = Engine(model, tokenizer, name="tiny", context_length=32768)
-    uncached = Engine(model, tokenizer, name="tiny", context_length=32768, config=EngineConfig(prefix_cache_bytes=0))
-    try:
-        system = ChatMessage(role="system", content="You are terse. " * 40)
-        first = ChatRequest(model="t", messages=[system, ChatMessage(role="user", content="Hi")], max_tokens=12,
-                            sampling=SamplingParams(temperature=0))
-        answer, f1 = await run(cached, first)
-        follow = first.model_copy(update={"messages": [*first.messages, ChatMessage(role="assistant", content=answer),
-                                                       ChatMessage(role="user", content="And then?")]})
-        text, f2 = await run(cached, follow)
-        assert f1.usage.cache_read_input_tokens == 0
-        assert f2.usage.cache_read_input_tokens > f1.usage.input_tokens * 0.9
-        assert text == (await run(uncached, follow))[0]
-    finally:
-        cached.close()
-        uncached.close()
+    cached = make_engine(model, tokenizer, name="tiny", context_length=32768)
+    uncached = make_engine(model, tokenizer, name="tiny", context_length=32768, prefix_cache_bytes=0)
+    system = ChatMessage(role="system", content="You are terse. " * 40)
+    first = ChatRequest(model="t", messages=[system, ChatMessage(role="user", content="Hi")], max_tokens=12,
+                        sampling=SamplingParams(temperature=0))
+    answer, f1 = await run(cached, first)
+    follow = first.model_copy(update={"messages": [*first.messages, ChatMessage(role="assistant", content=answer),
+                                                   ChatMessage(role="user", content="And then?")]})
+    text, f2 = await run(cached, follow)
+    assert f1.usage.cache_read_input_tokens == 0
+    assert f2.usage.cache_read_input_tokens > f1.usage.input_tokens * 0.9
+    assert text == (await run(uncached, follow))[0]
 
 
-async def test_cancelled_stream_frees_its_slot(tiny) -> None:
+async def test_cancelled_stream_frees_its_slot(tiny, make_engine) -> None:
     model, tokenizer = tiny
-    engine = Engine(model, tokenizer, name="tiny", context_length=32768)
-    try:
-        events = engine.generate(request("Write forever.", 5000))
-        async for event in events:
-            if isinstance(event, TextDelta):
-                break
-        await events.aclose()
-        for _ in range(200):
-            if engine.load["active"] == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert engine.load == {"active": 0, "queued": 0, "inflight": 0}
-        assert (await run(engine, request("Still there?", 4)))[1].usage.output_tokens > 0
-    finally:
-        engine.close()
+    engine = make_engine(model, tokenizer, name="tiny", context_length=32768)
+    events = engine.generate(request("Write forever.", 5000))
+    async for event in events:
+        if isinstance(event, TextDelta):
+            break
+    await events.aclose()
+    for _ in range(200):
+        if engine.load["active"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.load == {"active": 0, "queued": 0, "inflight": 0}
+    assert (await run(engine, request("Still there?", 4)))[1].usage.output_tokens > 0
 
 
-async def test_queue_beyond_capacity_is_a_rate_limit(tiny) -> None:
+async def test_queue_beyond_capacity_is_a_rate_limit(tiny, make_engine) -> None:
     model, tokenizer = tiny
-    engine = Engine(model, tokenizer, name="tiny", context_length=32768,
-                    config=EngineConfig(max_concurrent_requests=1, max_queued_requests=1))
-    try:
-        first = asyncio.create_task(run(engine, request("one", 200)))
-        second = asyncio.create_task(run(engine, request("two", 200)))
-        await asyncio.sleep(0.05)
-        with pytest.raises(RateLimitError) as info:
-            await run(engine, request("three", 4))
-        assert info.value.headers["retry-after"]
-        await asyncio.gather(first, second)
-    finally:
-        engine.close()
+    engine = make_engine(model, tokenizer, name="tiny", context_length=32768,
+                         max_concurrent_requests=1, max_queued_requests=1)
+    first = asyncio.create_task(run(engine, request("one", 200)))
+    second = asyncio.create_task(run(engine, request("two", 200)))
+    await asyncio.sleep(0.05)
+    with pytest.raises(RateLimitError) as info:
+        await run(engine, request("three", 4))
+    assert info.value.headers["retry-after"]
+    await asyncio.gather(first, second)
 
 
-async def test_prompt_over_the_window_is_refused_or_truncated(tiny) -> None:
+async def test_prompt_over_the_window_is_refused_or_truncated(tiny, make_engine) -> None:
     model, tokenizer = tiny
     long = [ChatMessage(role="user", content="word " * 300), ChatMessage(role="assistant", content="ok"),
             ChatMessage(role="user", content="last question")]
     req = ChatRequest(model="t", messages=long, max_tokens=4, sampling=SamplingParams(temperature=0))
-    strict = Engine(model, tokenizer, name="tiny", context_length=128)
-    lenient = Engine(model, tokenizer, name="tiny", context_length=128, config=EngineConfig(context_policy="truncate"))
-    try:
-        with pytest.raises(PromptTooLongError, match=r"prompt is too long: \d+ tokens > 128 maximum"):
-            strict.prepare(req)
-        rendered = lenient.prepare(req)
-        assert len(rendered.tokens) < 128 and "last question" in rendered.text
-    finally:
-        strict.close()
-        lenient.close()
+    strict = make_engine(model, tokenizer, name="tiny", context_length=128)
+    lenient = make_engine(model, tokenizer, name="tiny", context_length=128, context_policy="truncate")
+    with pytest.raises(PromptTooLongError, match=r"prompt is too long: \d+ tokens > 128 maximum"):
+        strict.prepare(req)
+    rendered = lenient.prepare(req)
+    assert len(rendered.tokens) < 128 and "last question" in rendered.text
 
 
-async def test_seeded_sampling_is_reproducible(tiny) -> None:
+async def test_seeded_sampling_is_reproducible(tiny, make_engine) -> None:
     model, tokenizer = tiny
-    engine = Engine(model, tokenizer, name="tiny", context_length=32768)
-    try:
-        req = request("Pick words.", 16).model_copy(update={"sampling": SamplingParams(temperature=1.0, seed=7)})
-        other = req.model_copy(update={"sampling": SamplingParams(temperature=1.0, seed=8)})
-        a, b, c = [(await run(engine, r))[0] for r in (req, req, other)]
-        assert a == b and a != c
-    finally:
-        engine.close()
+    engine = make_engine(model, tokenizer, name="tiny", context_length=32768)
+    req = request("Pick words.", 16).model_copy(update={"sampling": SamplingParams(temperature=1.0, seed=7)})
+    other = req.model_copy(update={"sampling": SamplingParams(temperature=1.0, seed=8)})
+    a, b, c = [(await run(engine, r))[0] for r in (req, req, other)]
+    assert a == b and a != c
 
 
 def test_piecewise_tokenizing_equals_the_tokenizers_own(tiny) -> None:
@@ -183,7 +176,7 @@ def test_piecewise_tokenizing_equals_the_tokenizers_own(tiny) -> None:
     assert encoder._checks_left == 0  # trusted after CHECKS agreeing prompts, and still exact
 
 
-async def test_prefill_and_batches_run_on_the_unpacked_twin_lone_decoding_on_the_packed_model(tiny_model_dir: Path) -> None:
+async def test_prefill_and_batches_run_on_the_unpacked_twin_lone_decoding_on_the_packed_model(tiny_model_dir: Path, make_engine) -> None:
     """CUDA's `both` layout: many-token passes on the twin, one-token steps of a lone sequence on
     the packed model; KV caches pass between the two."""
     import mlx.nn as nn
@@ -206,15 +199,12 @@ async def test_prefill_and_batches_run_on_the_unpacked_twin_lone_decoding_on_the
             calls[self.key] += 1
             return self.inner(*args, **kwargs)
 
-    engine = Engine(Counting(model, "packed"), tokenizer, name="tiny", context_length=32768,
-                    batch_model=Counting(twin, "twin"))
-    try:
-        alone = await run(engine, request("Alone.", 12))
-        assert calls["twin"] == 1  # the prompt, in one pass
-        assert calls["packed"] == alone[1].usage.output_tokens - 1  # every decode step
-        together = await asyncio.gather(*(run(engine, request(f"Batch {i}.", 16), delay=0.02 * i) for i in range(3)))
-        assert calls["twin"] > 1 + 3
-        assert all(f.usage.output_tokens > 0 for _, f in [alone, *together])
-        assert engine.load["active"] == 0
-    finally:
-        engine.close()
+    engine = make_engine(Counting(model, "packed"), tokenizer, name="tiny", context_length=32768,
+                         batch_model=Counting(twin, "twin"))
+    alone = await run(engine, request("Alone.", 12))
+    assert calls["twin"] == 1  # the prompt, in one pass
+    assert calls["packed"] == alone[1].usage.output_tokens - 1  # every decode step
+    together = await asyncio.gather(*(run(engine, request(f"Batch {i}.", 16), delay=0.02 * i) for i in range(3)))
+    assert calls["twin"] > 1 + 3
+    assert all(f.usage.output_tokens > 0 for _, f in [alone, *together])
+    assert engine.load["active"] == 0
