@@ -88,7 +88,6 @@ class Scheduler:
         # the new tokens are prefilled. Touched on the compute thread only.
         self._prefix = LRUPromptCache(max_size=64, max_bytes=prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._inbox: list[Job] = []
-        self._calls: list[Callable[[], None]] = []
         self._solo: tuple[Job, SoloSequence] | None = None
         self._batch: dict[int, Job] = {}
         self._wake = threading.Condition()
@@ -123,26 +122,6 @@ class Scheduler:
             self._wake.notify()
         self._thread.join(timeout=30)
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the compute thread and wait for it."""
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def task() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["error"] = exc
-            done.set()
-
-        with self._wake:
-            self._calls.append(task)
-            self._wake.notify()
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
-
     # -- compute thread -------------------------------------------------------------------
 
     def _new_generator(self) -> BatchGenerator:
@@ -158,14 +137,11 @@ class Scheduler:
         self._ready.set()
         while True:
             with self._wake:
-                while not (self._inbox or self._batch or self._solo or self._calls or self._closing):
+                while not (self._inbox or self._batch or self._solo or self._closing):
                     self._wake.wait()
                 if self._closing:
                     break
                 inbox, self._inbox = [j for j in self._inbox if not j.cancelled], []
-                calls, self._calls = self._calls, []
-            for task in calls:
-                task()
             try:
                 self._drop_cancelled(generator)
                 self._admit(generator, inbox)

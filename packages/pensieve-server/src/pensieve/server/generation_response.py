@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from pensieve.models import ChatRequest, GenerationEvent
+from pensieve.server.protocols import EngineLike
 from pensieve.server.streaming import ClientGone, SSEWriter, watched
 from pensieve.utils.logging import logger
 
@@ -37,12 +38,9 @@ OpenWriter = Callable[[SSEWriter, str, int], EventWriter]
 
 
 async def respond(
-    request: web.Request, engine: Any, chat: ChatRequest, *, stream: bool, collect: Collect, open_writer: OpenWriter
+    request: web.Request, engine: EngineLike, chat: ChatRequest, *, stream: bool, collect: Collect, open_writer: OpenWriter
 ) -> web.StreamResponse:
-    """Run `chat` on `engine`; the response's model is the name the client asked for.
-
-    `engine` is a pool engine (typed loosely: the EngineLike protocol does not declare `open`).
-    """
+    """Run `chat` on `engine`; the response's model is the name the client asked for."""
     model = chat.model or engine.name
     async with engine.open(chat) as generation:
         events = watched(request, generation)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from pensieve.engine import Generation
 from pensieve.models import ChatRequest, GenerationEvent
 
 
 class EngineLike(Protocol):
     name: str
     context_length: int
+
+    def open(self, request: ChatRequest) -> AbstractAsyncContextManager[Generation]: ...
 
     def generate(self, request: ChatRequest) -> AsyncIterator[GenerationEvent]: ...
 
