@@ -116,10 +116,11 @@ def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool) ->
     )
     # MLX's Linux CPU build: re-execute once with OpenBLAS preloaded (same PID), before MLX loads.
     reexec_with_openblas(settings.performance.weights_layout)
-    from pensieve.metal import apply_memory_limits
+    from pensieve.metal import apply_memory_limits, configure_cuda_attention
     from pensieve.modelmgr import ModelPool  # MLX: only in the serving process
     from pensieve.server import create_app, serve
 
+    configure_cuda_attention(settings.performance.cudnn_attention)
     try:
         pool = ModelPool(settings)
     except PensieveError as exc:

@@ -22,8 +22,9 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
-from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
+from mlx_lm.models.cache import trim_prompt_cache
 
+from pensieve.engine.prefix_cache import PrefixCache
 from pensieve.engine.solo import SoloSequence
 from pensieve.utils.logging import logger
 
@@ -83,10 +84,9 @@ class Scheduler:
         self._max_batch = max_batch
         self._prefill_step_size = prefill_step_size
         self._name = name
-        # Multi-turn chats and agent sessions re-send a long identical prefix; mlx-lm's LRU trie of
-        # KV caches finds the longest cached prefix (trimming a longer entry if needed), so only
-        # the new tokens are prefilled. Touched on the compute thread only.
-        self._prefix = LRUPromptCache(max_size=64, max_bytes=prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        # Multi-turn chats and agent sessions re-send a long identical prefix, so only the new
+        # tokens are prefilled. Touched on the compute thread only.
+        self._prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._inbox: list[Job] = []
         self._solo: tuple[Job, SoloSequence] | None = None
         self._batch: dict[int, Job] = {}
@@ -173,16 +173,12 @@ class Scheduler:
     def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
         if self._prefix is None:
             return None, prompt
-        cache, rest = self._prefix.fetch_nearest_cache(self._name, prompt)
-        if cache is not None and not rest:  # exact hit: re-run the last token for its logits
-            trim_prompt_cache(cache, 1)
-            rest = prompt[-1:]
-        return cache, rest
+        return self._prefix.fetch(prompt)
 
     def _keep_prefix(self, tokens: list[int], cache: list[Any] | None) -> None:
         """A finished or stopped sequence leaves its KV cache for the conversation's next turn."""
         if self._prefix is not None and tokens and cache:
-            self._prefix.insert_cache(self._name, list(tokens), cache)
+            self._prefix.insert(list(tokens), cache)
 
     def _admit(self, generator: BatchGenerator, inbox: list[Job]) -> None:
         if not inbox:

@@ -68,21 +68,30 @@ class SoloSequence:
                     self.to_feed = self.to_feed[n:]
                     self.fed += n
                     return None
-                model = self.prefill_model if len(self.to_feed) > 1 else self.model
-                self._next = self._forward(mx.array(self.to_feed), model)
+                many = len(self.to_feed) > 1
+                self._next = self._forward(mx.array(self.to_feed), self.prefill_model if many else self.model)
                 self.fed += len(self.to_feed)
                 self.to_feed = []
                 mx.async_eval(self._next)
-            current = self._next
-            self.budget -= 1
-            # Queue the following step before reading this token, as generate_step does, so
-            # the device never waits for Python.
-            self._next = self._forward(current, self.model) if self.budget > 0 else None
-            if self._next is not None:
-                self.fed += 1
-                mx.async_eval(self._next)
-            token = int(current.item())
+                if many:
+                    # The prompt's first token is handed over before the next step is queued:
+                    # building that step costs milliseconds the user would wait for. One step
+                    # runs unpipelined; the ones after it are queued ahead again.
+                    return self._take(self._next, queue_next=False)
+            return self._take(self._next, queue_next=True)
+
+    def _take(self, current: mx.array, *, queue_next: bool) -> int:
+        self.budget -= 1
+        # Queue the following step before reading this token, as generate_step does, so the
+        # device never waits for Python.
+        self._next = self._forward(current, self.model) if queue_next and self.budget > 0 else None
+        if self._next is not None:
+            self.fed += 1
+            mx.async_eval(self._next)
+        token = int(current.item())
         self.history.append(token)
+        if self._next is None:
+            self.to_feed = [token]  # not in the cache yet: the next advance() feeds it
         return token
 
     def detach(self) -> tuple[list[Any], list[int]]:

@@ -1,12 +1,11 @@
 """MLX device choice, memory budget and figures, profiler."""
 
-from pensieve.metal.device import DeviceInfo, device_info, select_device
+from pensieve.metal.device import DeviceInfo, configure_cuda_attention, device_info
 from pensieve.metal.memory import (
     MemoryStats,
     apply_memory_limits,
     memory_budget_bytes,
     memory_stats,
-    reset_peak_memory,
     total_system_memory,
 )
 from pensieve.metal.profiler import RequestProfile
@@ -16,10 +15,9 @@ __all__ = [
     "MemoryStats",
     "RequestProfile",
     "apply_memory_limits",
+    "configure_cuda_attention",
     "device_info",
     "memory_budget_bytes",
     "memory_stats",
-    "reset_peak_memory",
-    "select_device",
     "total_system_memory",
 ]

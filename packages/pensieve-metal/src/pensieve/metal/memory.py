@@ -32,10 +32,6 @@ def memory_stats() -> MemoryStats:
     )
 
 
-def reset_peak_memory() -> None:
-    mx.reset_peak_memory()
-
-
 def total_system_memory() -> int:
     """Physical RAM in bytes (unified memory on Apple Silicon)."""
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:

@@ -88,6 +88,9 @@ class PerformanceSettings(_Section):
     unset means a quarter of the memory budget, 0 turns the cache off."""
     warmup: bool = True
     """Run a short generation after loading so the first request does not pay kernel compilation."""
+    cudnn_attention: bool = False
+    """CUDA only: cuDNN's fused attention. It builds a graph for every new prompt length (50-100 ms
+    on an H100), which nearly every request pays; off, MLX's own kernels serve. Read at start."""
     weights_layout: Literal["auto", "quantized", "dequantized"] = "auto"
     """Keep a quantized model's weights packed, or unpack them at load for speed; `auto` unpacks
     on MLX's CPU (with OpenBLAS) and CUDA backends when they fit, never on Apple Silicon."""
