@@ -239,10 +239,7 @@ class Scheduler:
 
     def _drop_cancelled(self, generator: BatchGenerator) -> None:
         if self._solo is not None and self._solo[0].cancelled:
-            job, solo = self._solo
-            self._solo = None
-            cache, _ = solo.detach()
-            self._keep_prefix(job.history[: solo.fed], cache)
+            job = self._release_solo()
             job.deliver(None, "cancelled")
         gone = [uid for uid, job in self._batch.items() if job.cancelled]
         if gone:
@@ -264,15 +261,28 @@ class Scheduler:
         else:
             job.deliver(token, None)
             return
-        self._solo = None
+        del solo  # the last reference must be the one _release_solo drops
         job.finished = True
+        self._release_solo()
+        job.deliver(None if finish == "stop" else token, finish)
+
+    def _release_solo(self) -> Job:
+        """End the solo sequence, leaving its KV cache to the prefix cache.
+
+        The slot reads as free (`active`) only once the sequence's own references are gone,
+        so an observer that sees an idle engine sees its memory back too.
+        """
+        job, solo = self._solo  # type: ignore[misc]
         cache, _ = solo.detach()
         self._keep_prefix(job.history[: solo.fed], cache)
-        job.deliver(None if finish == "stop" else token, finish)
+        del solo, cache
+        self._solo = None
+        return job
 
     def _step_batch(self, generator: BatchGenerator) -> None:
         _, responses = generator.next()
         now = time.perf_counter()
+        ended: list[tuple[int, int | None, str]] = []
         for r in responses:
             job = self._batch.get(r.uid)
             if job is None:
@@ -284,6 +294,8 @@ class Scheduler:
                 continue
             job.finished = True
             self._keep_prefix(r.all_tokens, r.prompt_cache)
-            del self._batch[r.uid]
             # A stop token ends the sequence and is not part of the answer.
-            job.deliver(None if r.finish_reason == "stop" else r.token, r.finish_reason)
+            ended.append((r.uid, None if r.finish_reason == "stop" else r.token, r.finish_reason))
+        responses = r = None  # they hold the ended sequences' caches: gone before the slots read free
+        for uid, token, finish in ended:
+            self._batch.pop(uid).deliver(token, finish)
