@@ -58,7 +58,7 @@ def main() -> None:
     out = {
         "weight_bytes": weight_bytes,
         "bandwidth_bytes_s": memory_bandwidth(),
-        "stream_generate_tps": max(decode_tps(model, tokenizer, prompt, max_tokens) for _ in range(3)),
+        "stream_generate_tps": max(decode_tps(model, tokenizer, prompt, max_tokens) for _ in range(5)),
         "batch_generate_5_tps": batch_tps(model, tokenizer, prompts, max_tokens),
     }
     print(json.dumps(out))
