@@ -34,6 +34,7 @@ from aiohttp import web
 from pensieve.modelmgr.synthetic import PRESETS, make_random_model
 from pensieve.models import ChatRequest
 from pensieve.server import create_app
+from pensieve.server.keys import REQUEST_ID
 from tests.e2e.test_anthropic_sdk import forced_output
 from tests.support import API_KEY, ServerThread, make_settings
 
@@ -56,7 +57,7 @@ class RecordingServer(ServerThread):
         body = response.body if isinstance(response, web.Response) else None  # SSE: not kept
         self.exchanges.append(
             {
-                "request_id": request.get("request_id"),
+                "request_id": request.get(REQUEST_ID),
                 "method": request.method,
                 "path": request.path_qs,
                 "request": json.loads(raw) if raw else None,

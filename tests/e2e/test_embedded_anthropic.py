@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_capital_of_france_via_sdk(embedded_server: CliServer) -> None:
     client = anthropic.Anthropic(base_url=embedded_server.base_url, api_key=API_KEY)
     message = client.messages.create(
-        model="claude-sonnet-4-5",
+        model="claude-opus-4-8",
         max_tokens=40,
         messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
         extra_body={"temperature": 0},

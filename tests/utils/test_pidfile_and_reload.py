@@ -11,6 +11,7 @@ from pensieve.utils import load_settings
 from pensieve.utils.pidfile import (
     PidInfo,
     is_pensieve_process,
+    lock_server_slot,
     process_alive,
     read_pid_file,
     remove_pid_file,
@@ -18,6 +19,24 @@ from pensieve.utils.pidfile import (
     write_pid_file,
 )
 from pensieve.utils.reload import apply_reload
+
+
+def test_one_process_at_a_time_holds_the_server_slot_and_a_killed_holder_frees_it(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "pensieve.pid"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pensieve.utils.pidfile import lock_server_slot;"
+         f"lock = lock_server_slot(Path({str(path)!r})); print(lock is not None, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        assert lock_server_slot(path) is None  # a second server, however quick, is refused
+    finally:
+        holder.kill()
+        holder.wait()
+    mine = lock_server_slot(path)  # no unlock ran: the OS released the lock with the process
+    assert mine is not None
+    mine.close()
 
 
 def test_write_is_atomic_private_and_round_trips(tmp_path: Path) -> None:

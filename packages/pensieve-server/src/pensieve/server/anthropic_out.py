@@ -17,6 +17,7 @@ from pensieve.models import (
     Usage,
 )
 from pensieve.server.errors import anthropic_error_body
+from pensieve.server.keys import REQUEST_ID
 from pensieve.server.streaming import SSEWriter
 from pensieve.utils import ApiError
 
@@ -142,4 +143,4 @@ class AnthropicStream:
             await self.sse.event("message_stop", {"type": "message_stop"})
 
     async def fail(self, error_type: str, message: str) -> None:
-        await self.sse.event("error", anthropic_error_body(error_type, message, self.sse.request.get("request_id")))
+        await self.sse.event("error", anthropic_error_body(error_type, message, self.sse.request.get(REQUEST_ID)))

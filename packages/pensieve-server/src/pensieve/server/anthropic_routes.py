@@ -11,7 +11,7 @@ from pensieve.models import anthropic as wire
 from pensieve.server.anthropic_in import count_request, to_chat_request
 from pensieve.server.anthropic_out import AnthropicStream, collect_message
 from pensieve.server.generation_response import respond
-from pensieve.server.keys import PROVIDER, STARTED_AT
+from pensieve.server.keys import PROVIDER, REQUEST_ID, STARTED_AT
 from pensieve.server.requests import parse, read_json
 from pensieve.utils import NotFoundError
 
@@ -21,7 +21,7 @@ routes = web.RouteTableDef()
 @routes.post("/v1/messages")
 async def create_message(request: web.Request) -> web.StreamResponse:
     body = parse(wire.MessagesRequest, await read_json(request))
-    chat = to_chat_request(body, request["request_id"])
+    chat = to_chat_request(body, request[REQUEST_ID])
     engine = await request.app[PROVIDER].engine(chat.model)
     return await respond(request, engine, chat, stream=body.stream, collect=collect_message, open_writer=AnthropicStream)
 

@@ -121,9 +121,10 @@ async def serve(
     site = web.SockSite(runner, sock)
     await site.start()
     observer = app[OBSERVER]
+    slot = None
     try:
         if pid_file is not None:
-            claim_pid_file(pid_file, host, bound_port, settings, list(args))
+            slot = claim_pid_file(pid_file, host, bound_port, settings, list(args))
             observer.pid_file = str(pid_file)
     except BaseException:
         await runner.cleanup()
@@ -186,6 +187,8 @@ async def serve(
             loop.remove_signal_handler(sig)
         if pid_file is not None:
             remove_pid_file(pid_file, os.getpid())
+        if slot is not None:
+            slot.close()
         logger.info("Pensieve stopped")
     return code
 

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from pensieve.server.keys import REQUEST_ID
 from pensieve.utils import InvalidRequestError, PensieveError
 
 _OPENAI_TYPES = {
@@ -51,7 +52,7 @@ def openai_error_body(error_type: str, message: str, param: str | None) -> dict[
 
 
 def error_response(request: web.Request, error: PensieveError) -> web.Response:
-    request_id = request.get("request_id")
+    request_id = request.get(REQUEST_ID)
     if is_openai_request(request):
         body = openai_error_body(error.error_type, error.message, error.param)
     else:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from pensieve.models import ChatRequest, GenerationEvent
+from pensieve.server.keys import REQUEST_ID
 from pensieve.server.protocols import EngineLike
 from pensieve.server.streaming import ClientGone, SSEWriter, watched
 from pensieve.utils.logging import logger
@@ -57,7 +58,7 @@ async def respond(
             pass
         except Exception:
             # The status line is gone already: report in the stream, as both APIs do.
-            logger.exception("stream failed for {}", request.get("request_id"))
+            logger.exception("stream failed for {}", request.get(REQUEST_ID))
             await _fail_quietly(writer, "internal server error; the server log has details. Retry the request")
         await sse.close()
         return sse.response

@@ -1,4 +1,4 @@
-"""Typed keys for what the application shares between handlers."""
+"""Typed keys for what the application shares between handlers, and a request between middlewares."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from pensieve.models import Finished
 from pensieve.server.protocols import ModelProvider
 from pensieve.utils import Settings
 
@@ -13,3 +14,8 @@ PROVIDER = web.AppKey("provider", ModelProvider)
 SETTINGS = web.AppKey("settings", Settings)
 STARTED_AT = web.AppKey("started_at", float)
 PRELOAD = web.AppKey("preload", asyncio.Task)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+"""Set first by the request-id middleware; echoed in the `request-id` header and error bodies."""
+FINISHED = web.RequestKey("finished", Finished)
+"""The generation's last event, kept by `streaming.watched()` for the observing middleware."""

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from aiohttp import web
 
@@ -23,7 +23,7 @@ from pensieve.server.metrics import METRICS
 from pensieve.server.observe import OBSERVER
 from pensieve.utils import PensieveError, Settings
 from pensieve.utils.logging import current_log_file, logger, reconfigure_logging
-from pensieve.utils.pidfile import PidInfo, process_alive, read_pid_file, write_pid_file
+from pensieve.utils.pidfile import PidInfo, lock_server_slot, read_pid_file, write_pid_file
 from pensieve.utils.reload import apply_reload
 
 SettingsLoader = Callable[[], Settings]
@@ -89,16 +89,17 @@ def log_diagnostic_dump(app: web.Application) -> None:
     logger.info("diagnostic dump (SIGUSR1): {}", json.dumps(dump, default=str))
 
 
-def claim_pid_file(path: Path, host: str, port: int, settings: Settings, args: list[str]) -> None:
-    """Record this server in the PID file, refusing if another live Pensieve holds it.
+def claim_pid_file(path: Path, host: str, port: int, settings: Settings, args: list[str]) -> IO[bytes]:
+    """Record this server in the PID file, refusing if another Pensieve holds it.
 
     Called only after the port is bound, so a PID file always names a server that answers.
+    Returns the held lock: keep it open until the PID file is removed.
     """
-    other = read_pid_file(path)
-    if other is not None and other.pid != os.getpid() and process_alive(other.pid):
-        raise PensieveError(
-            f"another Pensieve is already running (PID {other.pid}, {other.url}); stop it with `pensieve stop`"
-        )
+    lock = lock_server_slot(path)
+    if lock is None:
+        other = read_pid_file(path)
+        where = f" (PID {other.pid}, {other.url})" if other is not None and other.pid > 0 else ""
+        raise PensieveError(f"another Pensieve is already running{where}; stop it with `pensieve stop`")
     log_file = current_log_file()
     write_pid_file(
         path,
@@ -111,3 +112,4 @@ def claim_pid_file(path: Path, host: str, port: int, settings: Settings, args: l
             args=args,
         ),
     )
+    return lock

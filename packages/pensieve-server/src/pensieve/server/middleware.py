@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from pensieve.server.errors import error_response
-from pensieve.server.keys import PROVIDER, SETTINGS
+from pensieve.server.keys import FINISHED, PROVIDER, REQUEST_ID, SETTINGS
 from pensieve.server.metrics import METRICS
 from pensieve.server.observe import OBSERVER, requested_model, summarize
 from pensieve.server.streaming import ClientGone
@@ -55,7 +55,7 @@ def new_request_id() -> str:
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_request_id()
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     response = await handler(request)
     if not response.prepared:
         response.headers["request-id"] = request_id
@@ -145,7 +145,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
             request,
             OverloadedError("Pensieve is shutting down; retry in a few seconds", headers={"retry-after": "5"}),
         )
-    with logger.contextualize(request_id=request.get("request_id")):
+    with logger.contextualize(request_id=request.get(REQUEST_ID)):
         observer.begin(request)
         app[METRICS].in_progress.inc()
         started = time.perf_counter()
@@ -167,7 +167,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 def _record(request: web.Request, status: int, duration_s: float) -> None:
     app = request.app
-    finished = request.get("finished") is not None
+    finished = request.get(FINISHED) is not None
     requested = requested_model(request) if finished else None
     served = None
     if finished:

@@ -4,7 +4,7 @@ One `Observer` per app records every request while it runs (so SIGUSR1 can list 
 SIGINT can cancel them), keeps the last few finished ones with their latencies, counts requests
 served, and carries the daemon's own state: whether it is draining and how often its
 configuration was reloaded. The per-request figures come from the engine's final `Finished`
-event, which `streaming.watched()` stores on the request as `request["finished"]`.
+event, which `streaming.watched()` stores on the request under `keys.FINISHED`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from pensieve.models import Finished
+from pensieve.server.keys import FINISHED, REQUEST_ID
 
 RECENT = 50
 """Finished requests kept for the diagnostic dump."""
@@ -89,14 +90,14 @@ def summarize(
     """Build a request's summary from its status, timing and the engine's Finished event."""
     info = request.match_info.route.resource if request.match_info.route is not None else None
     summary = RequestSummary(
-        request_id=request.get("request_id", ""),
+        request_id=request.get(REQUEST_ID, ""),
         method=request.method,
         path=request.path,
         route=info.canonical if info is not None else "unmatched",
         status=status,
         duration_s=round(duration_s, 6),
     )
-    finished: Finished | None = request.get("finished")
+    finished: Finished | None = request.get(FINISHED)
     if finished is None:
         return summary
     timings = finished.timings
@@ -145,7 +146,7 @@ class Observer:
         self.pid_file: str | None = None
 
     def begin(self, request: web.Request) -> ActiveRequest:
-        entry = ActiveRequest(request.get("request_id", ""), request.method, request.path, task=asyncio.current_task())
+        entry = ActiveRequest(request.get(REQUEST_ID, ""), request.method, request.path, task=asyncio.current_task())
         self.active[entry.request_id] = entry
         return entry
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from pensieve.models import GenerationEvent
 from pensieve.models import openai as wire
 from pensieve.server.generation_response import respond
-from pensieve.server.keys import PROVIDER
+from pensieve.server.keys import PROVIDER, REQUEST_ID
 from pensieve.server.openai_in import (
     check_chat,
     check_completion,
@@ -46,7 +46,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse(wire.ChatCompletionRequest, await read_json(request))
     check_chat(body)
     engine = await request.app[PROVIDER].engine(body.model)
-    chat = to_chat_request(body, request["request_id"], engine.context_length)
+    chat = to_chat_request(body, request[REQUEST_ID], engine.context_length)
     usage = _include_usage(body)
 
     async def collect(events: Events, model: str) -> dict[str, Any]:
@@ -62,7 +62,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = parse(wire.CompletionRequest, await read_json(request))
     check_completion(body)
-    chat = to_completion_request(body, request["request_id"])
+    chat = to_completion_request(body, request[REQUEST_ID])
     echo = (chat.raw_prompt or "") if body.echo else ""
     engine = await request.app[PROVIDER].engine(body.model)
     usage = _include_usage(body)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from pensieve.engine import Generation
 from pensieve.models import Finished, GenerationEvent
-from pensieve.server.keys import SETTINGS
+from pensieve.server.keys import FINISHED, REQUEST_ID, SETTINGS
 from pensieve.utils.logging import logger
 
 KEEPALIVE_S = 10.0
@@ -44,7 +44,7 @@ async def watched(
 
     A watcher task checks the connection a few times a second, so the token path itself stays a
     plain `async for` (no task per token). The final `Finished` event (usage and timings) is
-    also kept as `request["finished"]`, where the observing middleware reads it for the
+    also kept as `request[FINISHED]`, where the observing middleware reads it for the
     request log line and the metrics, for both APIs.
     """
     loop = asyncio.get_running_loop()
@@ -68,7 +68,7 @@ async def watched(
         async for event in events:
             last = loop.time()
             if isinstance(event, Finished):
-                request["finished"] = event
+                request[FINISHED] = event
             yield event
         if gone:
             raise ClientGone()
@@ -89,7 +89,7 @@ class SSEWriter:
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",
-                "request-id": request.get("request_id", ""),
+                "request-id": request.get(REQUEST_ID, ""),
             }
         )
 

@@ -5,11 +5,16 @@ never sees half a file and a file's presence means the port is really open. It i
 exit; a file left by a crash is recognised as stale by probing the PID. The probe checks that
 the process is alive, not a zombie, and (where the OS says) really a Pensieve process, so a PID
 reused by another program is never signalled. Nothing here looks processes up by name.
+
+Reading the file is a check, not a claim: two servers started at the same instant on different
+ports would both find it free. The claim is an exclusive `flock` on a lock file beside it, held
+for the server's lifetime; the OS drops it when the process ends, however it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -17,6 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 from pensieve.utils.paths import state_dir
 
@@ -45,6 +51,21 @@ class PidInfo:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+
+def lock_server_slot(path: Path) -> IO[bytes] | None:
+    """Take the one-server-per-user lock beside PID file `path`; None if another process has it.
+
+    Keep the returned file open for as long as the server runs; closing it releases the lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "ab")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 def write_pid_file(path: Path, info: PidInfo) -> None:
