@@ -21,13 +21,14 @@ def test_bench_compares_against_mlx_lm_server_end_to_end(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout
-    for row in ("single-stream decode", "aggregate, 5 streams", "follow-up turn", "peak memory", "bandwidth floor"):
+    for row in ("single-stream decode", "aggregate, 5 streams", "follow-up turn", "peak memory", "bandwidth floor", "alternating the two run by run"):
         assert row in table
     import json
 
     figures = json.loads((tmp_path / "figures.json").read_text())
     for side in ("pensieve", "mlx_lm"):
         assert figures[side]["decode_tps"] > 0 and figures[side]["aggregate_5_tps"] > 0
+    assert figures["pensieve"]["paired_decode_ratio"] > 0  # HTTP decode over in-process, taken in turns
 
 
 def test_profile_shows_each_phase_of_recent_requests(tiny_server: ServerThread) -> None:

@@ -3,6 +3,10 @@
 Run as a script (`python -m pensieve.cli.bench.inprocess MODEL_DIR`); prints one JSON object with
 single-stream decode tokens/s (`stream_generate`), aggregate tokens/s at 5 sequences
 (`batch_generate`), weight bytes and measured memory bandwidth.
+
+With `--serve` it loads the model once and answers each line `decode N` on stdin with one
+JSON line `{"tps": ...}`, so the benchmark can alternate it with HTTP decodes and compare runs
+taken a second apart (on a shared host, runs minutes apart differ by 10% or more).
 """
 
 from __future__ import annotations
@@ -47,7 +51,21 @@ def batch_tps(model, tokenizer, prompts: list[list[int]], max_tokens: int) -> fl
     return result.stats.generation_tokens / (time.perf_counter() - start)
 
 
+def serve(model, tokenizer, prompt: list[int]) -> None:
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        command, count = line.split()
+        if command == "decode":
+            print(json.dumps({"tps": decode_tps(model, tokenizer, prompt, int(count))}), flush=True)
+
+
 def main() -> None:
+    if sys.argv[-1] == "--serve":
+        model, tokenizer = load(sys.argv[1])
+        prompt = tokenizer.encode("Write a long story about a dragon who learns to paint.")
+        decode_tps(model, tokenizer, prompt, 16)  # warm-up
+        serve(model, tokenizer, prompt)
+        return
     path, max_tokens = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 256
     model, tokenizer = load(path)
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
