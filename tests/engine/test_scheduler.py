@@ -112,6 +112,41 @@ async def test_follow_up_turn_reads_the_prefix_cache_without_changing_the_answer
     assert text == (await run(uncached, follow))[0]
 
 
+class FailsOnceInABatch:
+    """The model, except that its first forward pass over more than one sequence raises, as a
+    batch that runs out of memory would."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.failed = False
+
+    def __call__(self, inputs, cache=None, **kwargs):
+        if inputs.shape[0] > 1 and not self.failed:
+            self.failed = True
+            raise RuntimeError("simulated: not enough memory for this batch")
+        return self.model(inputs, cache=cache, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+async def test_a_failed_batch_step_resumes_each_sequence_alone_with_the_same_answers(tiny, make_engine) -> None:
+    model, tokenizer = tiny
+    reqs = [request(f"Question {i}: what is {i} times {i}?", 24) for i in range(3)]
+    healthy = make_engine(model, tokenizer, name="tiny", context_length=32768, prefix_cache_bytes=0)
+    alone = [await run(healthy, r) for r in reqs]
+    flaky = FailsOnceInABatch(model)
+    engine = make_engine(model, tokenizer, name="tiny", context_length=32768, prefix_cache_bytes=0, batch_model=flaky)
+    together = await asyncio.gather(*(run(engine, r, delay=0.02 * i) for i, r in enumerate(reqs)))
+    assert flaky.failed  # the batch did fail once
+    assert [t for t, _ in together] == [t for t, _ in alone]  # and nobody lost a token
+    assert [f.stop_reason for _, f in together] == [f.stop_reason for _, f in alone]
+    assert engine.load["active"] == 0
+    # The engine batches again afterwards.
+    again = await asyncio.gather(*(run(engine, r) for r in reqs))
+    assert [t for t, _ in again] == [t for t, _ in alone]
+
+
 async def test_cancelled_stream_frees_its_slot(tiny, make_engine) -> None:
     model, tokenizer = tiny
     engine = make_engine(model, tokenizer, name="tiny", context_length=32768)

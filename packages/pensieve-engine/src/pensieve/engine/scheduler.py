@@ -9,6 +9,10 @@ A lone sequence runs on the fast single-sequence path (`solo.py`); as soon as a 
 arrives, both move into mlx-lm's `BatchGenerator`, which interleaves chunked prefill with
 batched decoding; when the batch is down to one sequence again, it moves back. A sequence
 moves with its KV cache, so nothing is recomputed but the one token in flight.
+
+A step that fails with several sequences in it may have failed for being a batch (memory for
+all of them at once), so each resumes alone, from the tokens it has so far, while newcomers
+wait; only a sequence that fails on its own gets the error.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +55,8 @@ class Job:
     first_token_at: float | None = None
     cancelled: bool = False
     finished: bool = False
+    retried: bool = False
+    """Resumed alone after a failed batched step; a second failure is its own."""
 
     @property
     def remaining(self) -> int:
@@ -90,6 +97,8 @@ class Scheduler:
         self._inbox: list[Job] = []
         self._solo: tuple[Job, SoloSequence] | None = None
         self._batch: dict[int, Job] = {}
+        self._retry: deque[Job] = deque()
+        """Sequences of a failed step, waiting to resume one at a time on the solo path."""
         self._wake = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"pensieve-compute-{name}", daemon=True)
@@ -99,7 +108,7 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self._batch) + (self._solo is not None)
+        return len(self._batch) + (self._solo is not None) + len(self._retry)
 
     @property
     def pending(self) -> int:
@@ -137,13 +146,17 @@ class Scheduler:
         self._ready.set()
         while True:
             with self._wake:
-                while not (self._inbox or self._batch or self._solo or self._closing):
+                while not (self._inbox or self._batch or self._solo or self._retry or self._closing):
                     self._wake.wait()
                 if self._closing:
                     break
-                inbox, self._inbox = [j for j in self._inbox if not j.cancelled], []
+                inbox: list[Job] = []
+                if not self._recovering():  # newcomers would rebuild the batch that failed
+                    inbox, self._inbox = [j for j in self._inbox if not j.cancelled], []
             try:
                 self._drop_cancelled(generator)
+                if self._retry and self._solo is None and not self._batch:
+                    self._resume(self._retry.popleft())
                 self._admit(generator, inbox)
                 if self._solo is not None:
                     self._step_solo()
@@ -152,23 +165,47 @@ class Scheduler:
                     if len(self._batch) == 1 and not self._inbox:
                         self._to_solo(generator)
             except Exception as exc:
-                logger.opt(exception=exc).error("generation step failed; failing the active sequences")
-                self._fail_all(exc)
+                self._recover(exc, inbox)
                 generator.close()
                 generator = self._new_generator()
-        for job in self._jobs():
+        for job in [*self._jobs(), *self._retry]:
             job.deliver(None, "cancelled")
         generator.close()
 
     def _jobs(self) -> list[Job]:
         return [*self._batch.values(), *([self._solo[0]] if self._solo else [])]
 
-    def _fail_all(self, exc: BaseException) -> None:
-        for job in self._jobs():
-            job.deliver(None, "error", exc)
+    def _recovering(self) -> bool:
+        return bool(self._retry) or (self._solo is not None and self._solo[0].retried)
+
+    def _recover(self, exc: Exception, inbox: list[Job]) -> None:
+        """After a failed step: resume a failed batch's sequences one by one, or fail a lone one."""
+        running = self._jobs()
+        jobs = [*running, *(j for j in inbox if j not in running and not j.finished)]
         self._batch.clear()
         self._solo = None
         mx.clear_cache()
+        if len(jobs) > 1:
+            logger.opt(exception=exc).warning("a step of {} sequences failed; resuming each alone", len(jobs))
+        else:
+            logger.opt(exception=exc).error("generation step failed; failing its sequence")
+        for job in jobs:
+            if len(jobs) > 1 and not job.retried:
+                job.retried = True
+                self._retry.append(job)
+            else:
+                job.deliver(None, "error", exc)
+
+    def _resume(self, job: Job) -> None:
+        """Continue a sequence alone from its prompt and the tokens it has produced so far."""
+        if job.cancelled:
+            job.deliver(None, "cancelled")
+            return
+        if not job.history:  # failed before it was admitted
+            job.started_at = time.perf_counter()
+            job.history = list(job.prompt)
+        cache, rest = self._cached_prefix(job.history)
+        self._solo = (job, self._solo_for(job, cache, rest))
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
         if self._prefix is None:
