@@ -111,6 +111,7 @@ async def measure(server: ServerProcess, quick: bool, reference: InProcessDecode
     long_repeats = 4 if quick else 60  # ~2k tokens with the SmolLM2 tokenizer
     decode_tokens = 32 if quick else 256
     runs = 1 if quick else 3
+    decode_runs = 1 if quick else 5  # best of five, as in-process: shared hosts vary 10-20% run to run
     timeout = aiohttp.ClientTimeout(total=1800)
     out: dict[str, float] = {"ready_s": server.ready_s}
     async with aiohttp.ClientSession(timeout=timeout) as s:
@@ -127,15 +128,15 @@ async def measure(server: ServerProcess, quick: bool, reference: InProcessDecode
             convo += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Now in French."}]
             follow.append((await stream_chat(s, url, convo, 4))[0].ttft)
         out["ttft_long_s"], out["ttft_followup_s"] = median(cold), median(follow)
-        # Best of five, as in-process: on a shared host single runs vary by 10-20%.
-        decode = [(await stream_chat(s, url, conversation(f"dec{i}", 0, "Write a long story about a dragon."), decode_tokens))[0] for i in range(1 if quick else 5)]
+        story = lambda tag: conversation(tag, 0, "Write a long story about a dragon.")  # noqa: E731
+        decode = [(await stream_chat(s, url, story(f"dec{i}"), decode_tokens))[0] for i in range(decode_runs)]
         out["decode_tps"] = max(r.decode_tps for r in decode)
         if reference is not None:
             # Alternate with in-process decodes so both sides see the same moment of the host.
             ratios = []
-            for i in range(1 if quick else 5):
+            for i in range(decode_runs):
                 ceiling = await asyncio.to_thread(reference.decode_tps, decode_tokens)
-                run, _ = await stream_chat(s, url, conversation(f"pair{i}", 0, "Write a long story about a dragon."), decode_tokens)
+                run, _ = await stream_chat(s, url, story(f"pair{i}"), decode_tokens)
                 ratios.append(run.decode_tps / ceiling)
             out["paired_decode_ratio"] = median(ratios)
             out["paired_decode_ratio_min"], out["paired_decode_ratio_max"] = min(ratios), max(ratios)

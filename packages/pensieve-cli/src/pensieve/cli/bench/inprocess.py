@@ -51,26 +51,32 @@ def batch_tps(model, tokenizer, prompts: list[list[int]], max_tokens: int) -> fl
     return result.stats.generation_tokens / (time.perf_counter() - start)
 
 
-def serve(model, tokenizer, prompt: list[int]) -> None:
+def load_warm(path: str):
+    """The model, its tokenizer and the decode prompt, after one short decode (kernels compile
+    on first use)."""
+    model, tokenizer = load(path)
+    prompt = tokenizer.encode("Write a long story about a dragon who learns to paint.")
+    decode_tps(model, tokenizer, prompt, 16)
+    return model, tokenizer, prompt
+
+
+def serve(path: str) -> None:
+    model, tokenizer, prompt = load_warm(path)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         command, count = line.split()
-        if command == "decode":
-            print(json.dumps({"tps": decode_tps(model, tokenizer, prompt, int(count))}), flush=True)
+        if command != "decode":
+            raise SystemExit(f"unknown command {command!r}; the only one is `decode N`")
+        print(json.dumps({"tps": decode_tps(model, tokenizer, prompt, int(count))}), flush=True)
 
 
 def main() -> None:
     if sys.argv[-1] == "--serve":
-        model, tokenizer = load(sys.argv[1])
-        prompt = tokenizer.encode("Write a long story about a dragon who learns to paint.")
-        decode_tps(model, tokenizer, prompt, 16)  # warm-up
-        serve(model, tokenizer, prompt)
+        serve(sys.argv[1])
         return
     path, max_tokens = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 256
-    model, tokenizer = load(path)
+    model, tokenizer, prompt = load_warm(path)
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-    prompt = tokenizer.encode("Write a long story about a dragon who learns to paint.")
-    decode_tps(model, tokenizer, prompt, 16)  # warm-up: kernels compile on first use
     prompts = [tokenizer.encode(f"Story number {i}: once upon a time") for i in range(5)]
     batch_tps(model, tokenizer, prompts, 8)
     out = {
