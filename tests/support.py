@@ -39,10 +39,12 @@ def make_settings(model: str | Path, home: Path, **overrides: Any) -> Settings:
 
 
 def health(base_url: str) -> dict[str, Any]:
-    """GET /health, or {} while the server is not answering yet."""
+    """GET /health (its body also when it answers 503, not ready), or {} while nothing answers."""
     try:
         with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
             return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
     except (urllib.error.URLError, OSError, ValueError):
         return {}
 

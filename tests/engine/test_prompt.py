@@ -174,3 +174,20 @@ def test_a_template_error_is_a_400(generic: TokenizerWrapper) -> None:
         render_prompt(TokenizerWrapper(broken, eos_token_ids=generic.eos_token_ids), chat(user("x")))
     with pytest.raises(InvalidRequestError, match="at least one message"):
         render_prompt(generic, chat())
+
+
+def test_a_template_with_tools_but_no_known_call_markers_uses_the_generic_format_throughout(
+    native: TokenizerWrapper, generic: TokenizerWrapper
+) -> None:
+    """Rendering and parsing follow one answer: a template that renders tools is not enough
+    when mlx-lm knows no call markers for the family, since then nothing could parse the call."""
+    unmarked = TokenizerWrapper(copy.deepcopy(native._tokenizer), eos_token_ids=generic.eos_token_ids)
+    request = chat(user("Rome?"), tools=[WEATHER])
+    rendered = render_prompt(unmarked, request)
+    assert not rendered.template_tools and "# Tools" in rendered.text
+    assert Markers.for_prompt(unmarked, rendered).tool_start == GENERIC_TOOL_START
+    native_rendered = render_prompt(native, request)
+    assert native_rendered.template_tools and "# Tools" not in native_rendered.text
+    parser = OutputParser.for_prompt(native, native_rendered, request)
+    events = parser.feed('<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>') + parser.finish()
+    assert [e.call.name for e in events if isinstance(e, ToolCallEvent)] == ["get_weather"]

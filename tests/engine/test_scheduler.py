@@ -93,7 +93,7 @@ async def test_staggered_concurrent_requests_match_their_solo_outputs(tiny, make
     together = await asyncio.gather(*(run(engine, r, delay=0.05 * i) for i, r in enumerate(reqs)))
     assert [t for t, _ in together] == [t for t, _ in alone]
     assert [f.usage.output_tokens for _, f in together] == [f.usage.output_tokens for _, f in alone]
-    assert engine.load["active"] == 0
+    assert engine.load.active == 0
 
 
 async def test_follow_up_turn_reads_the_prefix_cache_without_changing_the_answer(tiny, make_engine) -> None:
@@ -141,7 +141,7 @@ async def test_a_failed_batch_step_resumes_each_sequence_alone_with_the_same_ans
     assert flaky.failed  # the batch did fail once
     assert [t for t, _ in together] == [t for t, _ in alone]  # and nobody lost a token
     assert [f.stop_reason for _, f in together] == [f.stop_reason for _, f in alone]
-    assert engine.load["active"] == 0
+    assert engine.load.active == 0
     # The engine batches again afterwards.
     again = await asyncio.gather(*(run(engine, r) for r in reqs))
     assert [t for t, _ in again] == [t for t, _ in alone]
@@ -156,10 +156,10 @@ async def test_cancelled_stream_frees_its_slot(tiny, make_engine) -> None:
             break
     await events.aclose()
     for _ in range(200):
-        if engine.load["active"] == 0:
+        if engine.load.active == 0:
             break
         await asyncio.sleep(0.01)
-    assert engine.load == {"active": 0, "queued": 0, "inflight": 0}
+    assert not engine.load.busy
     assert (await run(engine, request("Still there?", 4)))[1].usage.output_tokens > 0
 
 
@@ -242,4 +242,4 @@ async def test_prefill_and_batches_run_on_the_unpacked_twin_lone_decoding_on_the
     together = await asyncio.gather(*(run(engine, request(f"Batch {i}.", 16), delay=0.02 * i) for i in range(3)))
     assert calls["twin"] > 1 + 3
     assert all(f.usage.output_tokens > 0 for _, f in [alone, *together])
-    assert engine.load["active"] == 0
+    assert engine.load.active == 0

@@ -35,7 +35,7 @@ def _pool(store: Path, **overrides: Any) -> ModelPool:
 
 
 def _states(pool: ModelPool) -> dict[str, str]:
-    return {m["name"]: m["state"] for m in pool.status()}
+    return {m.name: m.state for m in pool.status()}
 
 
 @pytest.fixture
@@ -60,9 +60,9 @@ async def test_concurrent_requests_share_one_load(store: Path, three: int, count
     engines = await asyncio.gather(*waiting)
     assert count_loads == ["b"] and all(e is engines[0] for e in engines)
     assert await pool.engine("b") is engines[0] and count_loads == ["b"]
-    status = {m["name"]: m for m in pool.status()}
-    assert status["b"]["state"] == "loaded" and status["b"]["load_seconds"] > 0
-    assert status["a"]["state"] == status["c"]["state"] == "available"
+    status = {m.name: m for m in pool.status()}
+    assert status["b"].state == "loaded" and status["b"].load_seconds > 0
+    assert status["a"].state == status["c"].state == "available"
     await pool.close()
 
 
@@ -83,7 +83,7 @@ async def test_least_recently_used_model_makes_room(store: Path, three: int, cou
     await pool.engine("a")  # b is now the least recently used
     c = await pool.engine("c")
     assert _states(pool) == {"a": "loaded", "b": "available", "c": "loaded", "smollm2-135m-instruct": "available"}
-    assert pool.memory()["reserved_bytes"] <= pool.memory()["budget_bytes"]
+    assert pool.memory().reserved_bytes <= pool.memory().budget_bytes
     assert await pool.engine("a") is a and c is not b  # a used again: c is now the oldest
     await pool.engine("b")
     assert count_loads == ["a", "b", "c", "b"]
@@ -122,7 +122,7 @@ async def test_idle_models_are_unloaded_after_keep_alive(store: Path, three: int
         if _states(pool)["a"] == "available":
             break
         await asyncio.sleep(0.05)
-    assert _states(pool)["a"] == "available" and pool.memory()["reserved_bytes"] == 0
+    assert _states(pool)["a"] == "available" and pool.memory().reserved_bytes == 0
     await pool.engine("a")  # a request brings it back
     assert count_loads == ["a", "a"] and _states(pool)["a"] == "loaded"
     await pool.close()

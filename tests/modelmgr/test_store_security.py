@@ -81,8 +81,8 @@ def test_pool_never_serves_an_outside_file(store: Path, outside: Path, tiny_mlx:
             strict.resolve_name(name)
     lenient = ModelPool(make_settings("good", tmp_path), store=store)
     assert lenient.resolve_name("../outside") == "good"  # unknown names get the default model
-    listed = {m["name"]: m for m in lenient.status()}
-    assert listed["linked"]["state"] == "error" and "size_bytes" not in listed["linked"]
+    listed = {m.name: m for m in lenient.status()}
+    assert listed["linked"].state == "error" and listed["linked"].size_bytes is None
 
 
 def test_alias_targets_are_operator_paths(store: Path, outside: Path, tmp_path: Path, tiny_mlx: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from pensieve.modelmgr import ModelPool
+from pensieve.models import EngineLoad
 from pensieve.utils.logging import logger
 from tests.support import API_KEY, CliServer, ServerThread, make_settings
 
@@ -87,14 +88,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "
         time.sleep(0.05)
 
 
-def engine_load(server: ServerThread) -> dict[str, int]:
+def engine_load(server: ServerThread) -> EngineLoad:
     """The default model's engine load: sequences decoding, waiting, and requests holding a place."""
     (engine,) = server.pool.loaded_engines()
-    return dict(engine.load)
+    return engine.load
 
 
 def idle(server: ServerThread) -> bool:
-    return not any(engine_load(server).values())
+    return not engine_load(server).busy
 
 
 class Stream:

@@ -40,7 +40,7 @@ def _summary(server: ServerThread, request_id: str) -> Any:
 
 
 def _mlx_active(server: ServerThread) -> int:
-    return server.pool.memory()["active_bytes"]
+    return server.pool.memory().active_bytes
 
 
 @BOTH

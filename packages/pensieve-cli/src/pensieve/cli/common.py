@@ -38,13 +38,21 @@ def log_file_for(settings: Settings) -> Path:
 
 
 def fetch_health(url: str, timeout: float = 3.0) -> dict[str, Any]:
-    """GET /health, or {} while nothing answers (the server is binding or gone)."""
+    """GET /health, or {} while nothing answers (the server is binding or gone).
+
+    A server that is up but not ready answers 503 with the same body, so that is read too.
+    """
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
             data = json.loads(response.read())
-            return data if isinstance(data, dict) else {}
+    except urllib.error.HTTPError as exc:
+        try:
+            data = json.loads(exc.read())
+        except (OSError, ValueError):
+            return {}
     except (urllib.error.URLError, OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def human_bytes(value: float | None) -> str:

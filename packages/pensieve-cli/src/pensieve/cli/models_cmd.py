@@ -116,7 +116,7 @@ def _rows(store: ModelStore, settings: Settings) -> list[dict[str, Any]]:
         if isinstance(found, PensieveError):
             rows.append({"name": name, "source": "store", "error": found.message})
         else:
-            rows.append(describe_source(found, settings))
+            rows.append(describe_source(found, settings).as_dict())
     return rows
 
 

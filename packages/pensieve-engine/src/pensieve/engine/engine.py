@@ -15,22 +15,20 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pensieve.engine.output import Markers, OutputParser
-from pensieve.engine.prompt import (
-    GENERIC_TOOL_END,
-    GENERIC_TOOL_START,
-    RenderedPrompt,
-    render_prompt,
-)
+from pensieve.engine.channel import FinishReason, Message, SequenceEnd, Signal
+from pensieve.engine.output import OutputParser
+from pensieve.engine.prompt import RenderedPrompt, render_prompt
 from pensieve.engine.sampling import Sampler, make_sampler
 from pensieve.engine.scheduler import Job, Scheduler
 from pensieve.engine.tokenize import PieceEncoder
 from pensieve.metal import RequestProfile
 from pensieve.models import (
     ChatRequest,
+    EngineLoad,
     Finished,
     GenerationEvent,
     GenerationFailed,
+    StopReason,
     Usage,
 )
 from pensieve.utils import PromptTooLongError, RateLimitError
@@ -45,9 +43,6 @@ class EngineConfig:
     prefix_cache_bytes: int = 512 * 1024 * 1024
     context_policy: str = "error"
     """`error`: a prompt over the window is a 400; `truncate`: drop the oldest turns."""
-
-
-_FINISH_TO_STOP = {"stop": "end_turn", "length": "max_tokens"}
 
 
 class Engine:
@@ -105,8 +100,8 @@ class Engine:
     # -- generation -------------------------------------------------------------------------
 
     @property
-    def load(self) -> dict[str, int]:
-        return {"active": self._scheduler.active, "queued": self._scheduler.pending, "inflight": self._inflight}
+    def load(self) -> EngineLoad:
+        return EngineLoad(active=self._scheduler.active, queued=self._scheduler.pending, inflight=self._inflight)
 
     def _admit(self) -> None:
         capacity = self.config.max_concurrent_requests + self.config.max_queued_requests
@@ -116,16 +111,6 @@ class Engine:
                 "retry after a few seconds or raise performance.max_queued_requests",
                 headers={"retry-after": "2"},
             )
-
-    def _markers(self, rendered: RenderedPrompt) -> tuple[Markers, Any]:
-        tok = self.tokenizer
-        think = (tok.think_start, tok.think_end) if getattr(tok, "has_thinking", False) else (None, None)
-        if rendered.template_tools and getattr(tok, "has_tool_calling", False):
-            tools = (tok.tool_call_start, tok.tool_call_end)
-            parser = tok.tool_parser
-        else:
-            tools, parser = (GENERIC_TOOL_START, GENERIC_TOOL_END), None
-        return Markers(think[0], think[1], tools[0], tools[1]), parser
 
     @contextlib.asynccontextmanager
     async def open(self, request: ChatRequest) -> AsyncIterator[Generation]:
@@ -165,24 +150,27 @@ class Engine:
         token = max(self.tokenizer.eos_token_ids) + 1
 
         async def run(lengths: tuple[int, ...]) -> None:
-            queues = [asyncio.Queue[Any]() for _ in lengths]
+            queues = [asyncio.Queue[Message]() for _ in lengths]
             for n, queue in zip(lengths, queues, strict=True):
-                sink = lambda t, f, e, q=queue: q.put_nowait((t, f, e))  # noqa: E731
-                self._scheduler.submit(Job(prompt=[token] * n, max_tokens=4, loop=loop, sink=sink))
+                self._scheduler.submit(Job(prompt=[token] * n, max_tokens=4, loop=loop, sink=queue.put_nowait))
             for queue in queues:
-                while (await queue.get())[1] is None:
+                while not isinstance(await queue.get(), SequenceEnd):
                     pass
 
         for lengths in ((8,), (200,), (8, 200)):
             await run(lengths)
         return time.perf_counter() - start
 
+    def submit(self, job: Job) -> None:
+        """Queue a sequence on the compute thread."""
+        self._scheduler.submit(job)
+
+    def cancel(self, job: Job) -> None:
+        """Drop a sequence before its next step (its request stopped reading)."""
+        self._scheduler.cancel(job)
+
     def close(self) -> None:
         self._scheduler.close()
-
-
-_NUDGE = (None, "nudge", None)
-_STOP = (None, "interrupted", None)
 
 
 class Generation:
@@ -199,15 +187,15 @@ class Generation:
         self.request = request
         self.rendered = rendered
         self.profile = profile or RequestProfile()
-        self._queue: asyncio.Queue[tuple[int | None, str | None, BaseException | None]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
 
     def nudge(self) -> None:
         """Make `events()` yield None once: a keep-alive tick for a stream that is quiet."""
-        self._queue.put_nowait(_NUDGE)
+        self._queue.put_nowait(Signal.NUDGE)
 
     def interrupt(self) -> None:
         """End `events()` without a Finished event and cancel the sequence (client gone)."""
-        self._queue.put_nowait(_STOP)
+        self._queue.put_nowait(Signal.INTERRUPT)
 
     @property
     def input_tokens(self) -> int:
@@ -215,74 +203,80 @@ class Generation:
 
     async def events(self) -> AsyncIterator[GenerationEvent | None]:
         """The generation's events; None is a keep-alive tick asked for with `nudge()`."""
-        request, rendered, queue = self.request, self.rendered, self._queue
+        engine, request, rendered, queue = self.engine, self.request, self.rendered, self._queue
         prompt = rendered.tokens
-        max_tokens = max(1, min(request.max_tokens, self.engine.context_length - len(prompt)))
         job = Job(
             prompt=prompt,
-            max_tokens=max_tokens,
+            max_tokens=max(1, min(request.max_tokens, engine.context_length - len(prompt))),
             loop=asyncio.get_running_loop(),
-            sink=lambda t, f, e: queue.put_nowait((t, f, e)),
-            sampler=self.engine.sampler_for(request),
+            sink=queue.put_nowait,
+            sampler=engine.sampler_for(request),
         )
-        markers, tool_parser = self.engine._markers(rendered)
-        parser = OutputParser(
-            stop=request.stop,
-            markers=markers,
-            parse_tools=bool(request.tools) and request.tool_choice != "none",
-            tool_parser=tool_parser,
-            tools=[t.model_dump() for t in request.tools],
-            show_thinking=request.thinking,
-            start_in_thinking=bool(markers.think_start) and rendered.text.rstrip().endswith(markers.think_start or "\0"),
-        )
-        detok = copy.copy(self.engine.tokenizer.detokenizer)
+        parser = OutputParser.for_prompt(engine.tokenizer, rendered, request)
+        detok = copy.copy(engine.tokenizer.detokenizer)
         detok.reset()
         produced = 0
-        finish: str | None = None
-        self.engine._scheduler.submit(job)
+        reason: FinishReason | None = None
+        """Why the compute thread ended the sequence; None while it runs or when the parser ended it."""
+
+        def take(token: int) -> list[Any]:
+            nonlocal produced
+            produced += 1
+            tick = time.perf_counter()
+            detok.add_token(token)
+            events = parser.feed(detok.last_segment)
+            self.profile.add("detokenize", time.perf_counter() - tick)
+            return events
+
+        engine.submit(job)
         try:
-            while finish is None:
-                token, finish, error = await queue.get()
-                if finish == "nudge":
-                    finish = None
+            while True:
+                message = await queue.get()
+                if message is Signal.INTERRUPT:
+                    return
+                if isinstance(message, Signal):  # NUDGE
                     yield None
                     continue
-                if finish == "interrupted":
+                if isinstance(message, SequenceEnd) and message.reason is FinishReason.ERROR:
+                    logger.opt(exception=message.error).error("generation failed for {}", request.request_id)
+                    yield GenerationFailed(
+                        f"generation failed: {message.error}. Retry the request; if it persists, check the server log."
+                    )
                     return
-                if error is not None or finish == "error":
-                    logger.opt(exception=error).error("generation failed for {}", request.request_id)
-                    yield GenerationFailed(f"generation failed: {error}. Retry the request; if it persists, check the server log.")
+                if isinstance(message, SequenceEnd) and message.reason is FinishReason.CANCELLED:
+                    yield GenerationFailed(
+                        "generation was cancelled because the model is being unloaded or the server is "
+                        "stopping. Retry the request."
+                    )
                     return
-                if token is not None:
-                    produced += 1
-                    tick = time.perf_counter()
-                    detok.add_token(token)
-                    events = parser.feed(detok.last_segment)
-                    self.profile.add("detokenize", time.perf_counter() - tick)
-                    for event in events:
+                if message.token is not None:
+                    for event in take(message.token):
                         yield event
+                if isinstance(message, SequenceEnd):
+                    reason = message.reason
+                    break
                 if parser.stopped or (parser.tool_calls and not request.parallel_tool_calls):
-                    finish = finish or "parsed"
+                    break
             detok.finalize()
             for event in [*parser.feed(detok.last_segment), *parser.finish()]:
                 yield event
             yield Finished(
-                stop_reason=_stop_reason(finish, parser),
+                stop_reason=_stop_reason(reason, parser),
                 stop_sequence=parser.stop_sequence,
                 usage=Usage(input_tokens=len(prompt), output_tokens=produced, cache_read_input_tokens=job.cached),
                 timings=_timings(job, self.profile),
             )
         finally:
             if not job.finished:
-                self.engine._scheduler.cancel(job)
+                engine.cancel(job)
 
 
-def _stop_reason(finish: str | None, parser: OutputParser) -> str:
+def _stop_reason(reason: FinishReason | None, parser: OutputParser) -> StopReason:
     if parser.stop_sequence is not None:
         return "stop_sequence"
     if parser.tool_calls:
         return "tool_use"
-    return _FINISH_TO_STOP.get(finish or "", "end_turn")
+    return "max_tokens" if reason is FinishReason.LENGTH else "end_turn"
 
 
 def _timings(job: Job, profile: RequestProfile) -> dict[str, float]:

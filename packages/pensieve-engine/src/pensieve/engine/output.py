@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pensieve.models import TextDelta, ThinkingDelta, ToolCall, ToolCallEvent
+from pensieve.engine.prompt import GENERIC_TOOL_END, GENERIC_TOOL_START, RenderedPrompt
+from pensieve.models import ChatRequest, TextDelta, ThinkingDelta, ToolCall, ToolCallEvent
 
 ToolParser = Callable[[str, Any], Any]
 
@@ -36,6 +37,15 @@ class Markers:
     think_end: str | None = None
     tool_start: str | None = None
     tool_end: str | None = None
+
+    @classmethod
+    def for_prompt(cls, tokenizer: Any, rendered: RenderedPrompt) -> Markers:
+        """The markers the model will write for this prompt: its family's reasoning markers, and
+        its own tool-call markers only where the template rendered the tools natively."""
+        thinking = getattr(tokenizer, "has_thinking", False)
+        think = (tokenizer.think_start, tokenizer.think_end) if thinking else (None, None)
+        tools = (tokenizer.tool_call_start, tokenizer.tool_call_end) if rendered.template_tools else (GENERIC_TOOL_START, GENERIC_TOOL_END)
+        return cls(think[0], think[1], tools[0], tools[1])
 
 
 def _held_tail(text: str, needles: list[str]) -> int:
@@ -111,6 +121,25 @@ class OutputParser:
         self.stop_sequence: str | None = None
         self.stopped = False
         self.tool_calls = 0
+
+    @classmethod
+    def for_prompt(cls, tokenizer: Any, rendered: RenderedPrompt, request: ChatRequest) -> OutputParser:
+        """The parser for one request's output, with the markers and parser its prompt implies.
+
+        A prompt that ends inside an open reasoning block (templates that open `<think>` for the
+        model) starts in the thinking state.
+        """
+        markers = Markers.for_prompt(tokenizer, rendered)
+        opened = markers.think_start is not None and rendered.text.rstrip().endswith(markers.think_start)
+        return cls(
+            stop=request.stop,
+            markers=markers,
+            parse_tools=bool(request.tools) and request.tool_choice != "none",
+            tool_parser=tokenizer.tool_parser if rendered.template_tools else None,
+            tools=[t.model_dump() for t in request.tools],
+            show_thinking=request.thinking,
+            start_in_thinking=opened,
+        )
 
     def _needles(self) -> list[str]:
         if self._state == "thinking":

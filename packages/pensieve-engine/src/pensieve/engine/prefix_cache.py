@@ -98,5 +98,9 @@ class PrefixCache:
         while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
     def _drop(self, key: int) -> None:
         self.nbytes -= self._entries.pop(key).nbytes

@@ -46,14 +46,23 @@ class RenderedPrompt:
     text: str
     tokens: list[int]
     template_tools: bool
-    """Whether the model's template rendered the tools itself (else the generic format did)."""
+    """Whether the model's template rendered the tools itself, in its family's call format (else
+    the generic format did); see `native_tool_calling`."""
 
 
-def template_supports_tools(tokenizer: Any) -> bool:
+def native_tool_calling(tokenizer: Any) -> bool:
+    """Whether tools go through the model's own template and its own call markers.
+
+    Both halves are needed: a template that renders tools (it reads the `tools` variable), and
+    call markers mlx-lm knows for the family (`has_tool_calling`, with its parser), so that what
+    the template taught the model to write can be parsed back. A model with only one of the two
+    gets the generic `<tool_call>` format for both rendering and parsing. This is the one place
+    that answers the question; rendering and output parsing both follow `template_tools`.
+    """
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):
         template = " ".join(str(t) for t in template.values())
-    return "tools" in template
+    return "tools" in template and bool(getattr(tokenizer, "has_tool_calling", False))
 
 
 def _tool_json(tool: ToolSpec) -> dict[str, Any]:
@@ -191,7 +200,7 @@ def render_prompt(tokenizer: Any, request: ChatRequest, encode: Callable[[str], 
         return _tokenize(tokenizer, request.raw_prompt, template_tools=False, encode=encode)
     if not request.messages:
         raise InvalidRequestError("messages: at least one message is required", param="messages")
-    native_tools = bool(request.tools) and template_supports_tools(tokenizer)
+    native_tools = bool(request.tools) and native_tool_calling(tokenizer)
     messages = _template_messages(request, native_tools)
     kwargs: dict[str, Any] = {"add_generation_prompt": messages[-1]["role"] != "assistant"}
     if native_tools and request.tool_choice != "none":

@@ -21,7 +21,6 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +28,10 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import trim_prompt_cache
 
+from pensieve.engine.channel import FinishReason, Output, SequenceEnd, Sink, TokenOut
 from pensieve.engine.prefix_cache import PrefixCache
 from pensieve.engine.solo import SoloSequence
 from pensieve.utils.logging import logger
-
-TokenSink = Callable[[int | None, str | None, BaseException | None], None]
-"""Called on the request's loop with (token, finish_reason, error); token None = no token."""
 
 
 @dataclass(eq=False)
@@ -44,7 +41,7 @@ class Job:
     prompt: list[int]
     max_tokens: int
     loop: asyncio.AbstractEventLoop
-    sink: TokenSink
+    sink: Sink
     sampler: Any = None
     cached: int = 0
     """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
@@ -62,9 +59,15 @@ class Job:
     def remaining(self) -> int:
         return self.max_tokens - (len(self.history) - len(self.prompt))
 
-    def deliver(self, token: int | None, finish: str | None, error: BaseException | None = None) -> None:
+    def emit(self, token: int) -> None:
+        self._send(TokenOut(token))
+
+    def end(self, reason: FinishReason, token: int | None = None, error: BaseException | None = None) -> None:
+        self._send(SequenceEnd(reason, token, error))
+
+    def _send(self, output: Output) -> None:
         try:
-            self.loop.call_soon_threadsafe(self.sink, token, finish, error)
+            self.loop.call_soon_threadsafe(self.sink, output)
         except RuntimeError:  # the request's loop is gone: nobody is listening any more
             self.cancelled = True
 
@@ -169,8 +172,24 @@ class Scheduler:
                 generator.close()
                 generator = self._new_generator()
         for job in [*self._jobs(), *self._retry]:
-            job.deliver(None, "cancelled")
+            job.end(FinishReason.CANCELLED)
+        self._release_all(generator)
+
+    def _release_all(self, generator: BatchGenerator) -> None:
+        """Free every buffer this thread made (sequences, batch, prefix cache) before it ends.
+
+        Left to the interpreter's exit, KV buffers of the CUDA backend were freed after MLX's
+        own static state was gone, and the process aborted ("terminate called without an
+        active exception", exit 134) after a clean shutdown.
+        """
+        self._solo = None
+        self._batch.clear()
+        self._retry.clear()
         generator.close()
+        if self._prefix is not None:
+            self._prefix.clear()
+        mx.synchronize()
+        mx.clear_cache()
 
     def _jobs(self) -> list[Job]:
         return [*self._batch.values(), *([self._solo[0]] if self._solo else [])]
@@ -194,12 +213,12 @@ class Scheduler:
                 job.retried = True
                 self._retry.append(job)
             else:
-                job.deliver(None, "error", exc)
+                job.end(FinishReason.ERROR, error=exc)
 
     def _resume(self, job: Job) -> None:
         """Continue a sequence alone from its prompt and the tokens it has produced so far."""
         if job.cancelled:
-            job.deliver(None, "cancelled")
+            job.end(FinishReason.CANCELLED)
             return
         if not job.history:  # failed before it was admitted
             job.started_at = time.perf_counter()
@@ -276,14 +295,13 @@ class Scheduler:
 
     def _drop_cancelled(self, generator: BatchGenerator) -> None:
         if self._solo is not None and self._solo[0].cancelled:
-            job = self._release_solo()
-            job.deliver(None, "cancelled")
+            self._release_solo().end(FinishReason.CANCELLED)
         gone = [uid for uid, job in self._batch.items() if job.cancelled]
         if gone:
             for cache, tokens in generator.remove(gone, return_prompt_caches=self._prefix is not None).values():
                 self._keep_prefix(tokens, cache)
             for uid in gone:
-                self._batch.pop(uid).deliver(None, "cancelled")
+                self._batch.pop(uid).end(FinishReason.CANCELLED)
 
     def _step_solo(self) -> None:
         job, solo = self._solo  # type: ignore[misc]
@@ -292,16 +310,16 @@ class Scheduler:
             return
         job.first_token_at = job.first_token_at or time.perf_counter()
         if token in self._stop_ids:
-            finish: str | None = "stop"
+            reason, last = FinishReason.STOP, None  # a stop token is not part of the answer
         elif solo.budget <= 0:
-            finish = "length"
+            reason, last = FinishReason.LENGTH, token
         else:
-            job.deliver(token, None)
+            job.emit(token)
             return
         del solo  # the last reference must be the one _release_solo drops
         job.finished = True
         self._release_solo()
-        job.deliver(None if finish == "stop" else token, finish)
+        job.end(reason, last)
 
     def _release_solo(self) -> Job:
         """End the solo sequence, leaving its KV cache to the prefix cache.
@@ -319,7 +337,7 @@ class Scheduler:
     def _step_batch(self, generator: BatchGenerator) -> None:
         _, responses = generator.next()
         now = time.perf_counter()
-        ended: list[tuple[int, int | None, str]] = []
+        ended: list[tuple[int, int | None, FinishReason]] = []
         for r in responses:
             job = self._batch.get(r.uid)
             if job is None:
@@ -327,12 +345,13 @@ class Scheduler:
             job.first_token_at = job.first_token_at or now
             job.history.append(r.token)
             if r.finish_reason is None:
-                job.deliver(r.token, None)
+                job.emit(r.token)
                 continue
             job.finished = True
             self._keep_prefix(r.all_tokens, r.prompt_cache)
+            reason = FinishReason(r.finish_reason)
             # A stop token ends the sequence and is not part of the answer.
-            ended.append((r.uid, None if r.finish_reason == "stop" else r.token, r.finish_reason))
+            ended.append((r.uid, None if reason is FinishReason.STOP else r.token, reason))
         responses = r = None  # they hold the ended sequences' caches: gone before the slots read free
-        for uid, token, finish in ended:
-            self._batch.pop(uid).deliver(token, finish)
+        for uid, token, reason in ended:
+            self._batch.pop(uid).end(reason, token)

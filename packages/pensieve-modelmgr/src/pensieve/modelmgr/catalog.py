@@ -7,14 +7,13 @@ about a model.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pensieve.metal import memory_budget_bytes
 from pensieve.modelmgr.embedded import EMBEDDED_NAME
 from pensieve.modelmgr.estimate import MemoryEstimate, estimate_memory
 from pensieve.modelmgr.facts import ModelFacts, model_facts
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
+from pensieve.models import ModelState, ModelStatus
 from pensieve.utils import PensieveError, Settings
 
 
@@ -40,22 +39,22 @@ def prefix_cache_bytes(settings: Settings) -> int:
     return budget_bytes(settings) // 4 if megabytes is None else int(megabytes * 1024**2)
 
 
-def describe_source(source: ModelSource, settings: Settings) -> dict[str, Any]:
-    """name, source, quantization, context_length, size_bytes, estimated_bytes (or error)."""
-    entry: dict[str, Any] = {"name": source.name, "source": source.kind}
+def describe_source(source: ModelSource, settings: Settings, state: ModelState = "available") -> ModelStatus:
+    """The model as its files describe it, with its estimated memory (or why it cannot be read)."""
     try:
         facts = model_facts(source)
     except PensieveError as exc:
-        entry["error"] = exc.message
-        return entry
+        return ModelStatus(name=source.name, source=source.kind, state=state, error=exc.message)
     estimate = default_estimate(facts, settings)
-    entry.update(
+    return ModelStatus(
+        name=source.name,
+        source=source.kind,
+        state=state,
         quantization=facts.quantization,
         context_length=estimate.context_length,
         size_bytes=facts.disk_bytes,
         estimated_bytes=estimate.total,
     )
-    return entry
 
 
 def servable(store: ModelStore) -> list[tuple[str, ModelSource | PensieveError]]:

@@ -19,7 +19,7 @@ import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from pensieve.modelmgr.facts import ModelFacts, source_signature
 from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
+from pensieve.models import MemoryReport, ModelState, ModelStatus
 from pensieve.utils import ModelLoadError, NotFoundError, OverloadedError, PensieveError, Settings
 from pensieve.utils.blas import openblas_loaded
 from pensieve.utils.logging import logger
@@ -58,7 +59,7 @@ class ServedModel:
     warmup_seconds: float = 0.0
 
     @property
-    def state(self) -> str:
+    def state(self) -> ModelState:
         if self.engine is not None:
             return "loaded"
         if self.loading is not None and not self.loading.done():
@@ -67,7 +68,7 @@ class ServedModel:
 
     @property
     def busy(self) -> bool:
-        return self.engine is not None and any(self.engine.load.values())
+        return self.engine is not None and self.engine.load.busy
 
 
 class ModelPool:
@@ -266,24 +267,25 @@ class ModelPool:
 
     # -- reporting --------------------------------------------------------------------------
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[ModelStatus]:
         """Every servable model: loaded, loading, failed, or available (store, embedded)."""
         out = [self._describe(served) for served in self._models.values()]
         for name, found in servable(self.store):
             if name in self._models:
                 continue
             if isinstance(found, PensieveError):
-                out.append({"name": name, "source": "store", "state": "error", "error": found.message})
+                out.append(ModelStatus(name=name, source="store", state="error", error=found.message))
             else:
-                out.append({**describe_source(found, self.settings), "state": "available"})
+                out.append(describe_source(found, self.settings))
         return out
 
-    def _describe(self, served: ServedModel) -> dict[str, Any]:
-        entry = {**describe_source(served.source, self.settings), "state": served.state}
+    def _describe(self, served: ServedModel) -> ModelStatus:
+        status = describe_source(served.source, self.settings, served.state)
         if served.estimate is not None:
-            entry["estimated_bytes"] = served.estimate.total
+            status = replace(status, estimated_bytes=served.estimate.total)
         if served.loaded is not None and served.engine is not None:
-            entry.update(
+            status = replace(
+                status,
                 context_length=served.engine.context_length,
                 weight_bytes=served.loaded.weight_bytes,
                 layout=served.loaded.layout,
@@ -292,16 +294,21 @@ class ModelPool:
                 idle_seconds=round(time.monotonic() - served.last_used, 1),
                 load=served.engine.load,
             )
-        if served.error:
-            entry["error"] = served.error
-        return entry
+        return replace(status, error=served.error) if served.error else status
 
     def loaded_engines(self) -> list[Engine]:
         return [m.engine for m in self._models.values() if m.engine is not None]
 
-    def memory(self) -> dict[str, int]:
+    def memory(self) -> MemoryReport:
         reserved = sum(m.estimate.total for m in self._models.values() if m.estimate is not None)
-        return {**memory_stats().as_dict(), "budget_bytes": self.budget_bytes, "reserved_bytes": reserved}
+        stats = memory_stats()
+        return MemoryReport(
+            active_bytes=stats.active_bytes,
+            peak_bytes=stats.peak_bytes,
+            cache_bytes=stats.cache_bytes,
+            budget_bytes=self.budget_bytes,
+            reserved_bytes=reserved,
+        )
 
     async def close(self) -> None:
         if self._reaper is not None:

@@ -7,6 +7,7 @@ from pensieve.models.internal import (
     GenerationEvent,
     GenerationFailed,
     SamplingParams,
+    StopReason,
     TextDelta,
     ThinkingDelta,
     ToolCall,
@@ -14,14 +15,20 @@ from pensieve.models.internal import (
     ToolSpec,
     Usage,
 )
+from pensieve.models.status import EngineLoad, MemoryReport, ModelState, ModelStatus
 
 __all__ = [
     "ChatMessage",
+    "EngineLoad",
     "ChatRequest",
     "Finished",
     "GenerationEvent",
     "GenerationFailed",
+    "MemoryReport",
+    "ModelState",
+    "ModelStatus",
     "SamplingParams",
+    "StopReason",
     "TextDelta",
     "ThinkingDelta",
     "ToolCall",

@@ -38,7 +38,6 @@ from pensieve.server.middleware import (
     cors_preflight_middleware,
     cors_response_headers,
     error_middleware,
-    health_extras_middleware,
     observe_middleware,
     request_id_middleware,
 )
@@ -57,7 +56,6 @@ def create_app(settings: Settings, provider: ModelProvider) -> web.Application:
         middlewares=[
             request_id_middleware,
             observe_middleware,
-            health_extras_middleware,
             error_middleware,
             body_limit_middleware(max_body),
             cors_preflight_middleware,

@@ -17,5 +17,7 @@ PRELOAD = web.AppKey("preload", asyncio.Task)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 """Set first by the request-id middleware; echoed in the `request-id` header and error bodies."""
+BODY = web.RequestKey("body", bytes)
+"""The raw body, kept by `requests.read_json` for the request log when content logging is on."""
 FINISHED = web.RequestKey("finished", Finished)
 """The generation's last event, kept by `streaming.watched()` for the observing middleware."""

@@ -47,19 +47,18 @@ class _ProviderCollector(Collector):
         load = GaugeMetricFamily("pensieve_model_load_seconds", "Seconds the last load of a model took", labels=["model"])
         weights = GaugeMetricFamily("pensieve_model_weight_bytes", "Bytes of a loaded model's weights", labels=["model"])
         state = GaugeMetricFamily("pensieve_model_state", "1 for each model's current state", labels=["model", "state"])
-        for entry in models:
-            name = str(entry.get("name"))
-            state.add_metric([name, str(entry.get("state"))], 1)
-            if isinstance(entry.get("load"), dict):
-                queue.add_metric([name], entry["load"].get("queued", 0))
-                active.add_metric([name], entry["load"].get("active", 0))
-            if "load_seconds" in entry:
-                load.add_metric([name], entry["load_seconds"])
-            if "weight_bytes" in entry:
-                weights.add_metric([name], entry["weight_bytes"])
+        for model in models:
+            state.add_metric([model.name, model.state], 1)
+            if model.load is not None:
+                queue.add_metric([model.name], model.load.queued)
+                active.add_metric([model.name], model.load.active)
+            if model.load_seconds is not None:
+                load.add_metric([model.name], model.load_seconds)
+            if model.weight_bytes is not None:
+                weights.add_metric([model.name], model.weight_bytes)
         yield from (queue, active, load, weights, state)
         memory = GaugeMetricFamily("pensieve_mlx_memory_bytes", "MLX allocator memory", labels=["kind"])
-        for key, value in self.provider.memory().items():
+        for key, value in self.provider.memory().as_dict().items():
             memory.add_metric([key.removesuffix("_bytes")], value)
         yield memory
 

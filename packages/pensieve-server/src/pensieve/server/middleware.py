@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from pensieve.server.errors import error_response
-from pensieve.server.keys import FINISHED, PROVIDER, REQUEST_ID, SETTINGS
+from pensieve.server.keys import BODY, FINISHED, PROVIDER, REQUEST_ID, SETTINGS
 from pensieve.server.metrics import METRICS
 from pensieve.server.observe import OBSERVER, requested_model, summarize
 from pensieve.server.streaming import ClientGone
@@ -181,41 +179,10 @@ def _record(request: web.Request, status: int, duration_s: float) -> None:
     app[METRICS].observe(summary)
     extra = summary.fields()
     if finished and app[SETTINGS].logging.log_content:
-        raw = getattr(request, "_read_bytes", b"") or b""
+        raw = request.get(BODY, b"")
         extra["request_body"] = raw[:CONTENT_LOG_LIMIT].decode("utf-8", errors="replace")
     level = "DEBUG" if quiet else ("WARNING" if status >= 500 else "INFO")
     logger.bind(component="http", **extra).log(level, summary.line())
-
-
-@web.middleware
-async def health_extras_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Add the daemon's own figures to /health: PID, requests served, configuration reloads.
-
-    Done here rather than in the health route so the route stays about models and memory and
-    the daemon's bookkeeping stays in one module.
-    """
-    response = await handler(request)
-    if request.path != "/health" or not isinstance(response, web.Response) or response.status != 200:
-        return response
-    try:
-        body = json.loads(response.body)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return response
-    observer = request.app[OBSERVER]
-    settings = request.app[SETTINGS]
-    body.update(
-        pid=os.getpid(),
-        requests={"served": observer.served, "in_flight": len(observer.in_flight(exclude_open=QUIET_PATHS))},
-        draining=observer.draining,
-        config={
-            "file": str(settings.config_file) if settings.config_file else None,
-            "reloads": observer.reloads,
-            "reloaded_at": observer.reloaded_at,
-            "log_level": settings.logging.level,
-        },
-    )
-    response.text = json.dumps(body)
-    return response
 
 
 # -- CORS -------------------------------------------------------------------------------------

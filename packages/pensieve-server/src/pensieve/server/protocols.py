@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Protocol
 
 from pensieve.engine import Generation
-from pensieve.models import ChatRequest, GenerationEvent
+from pensieve.models import ChatRequest, MemoryReport, ModelStatus
 
 
 class EngineLike(Protocol):
@@ -15,8 +14,6 @@ class EngineLike(Protocol):
     context_length: int
 
     def open(self, request: ChatRequest) -> AbstractAsyncContextManager[Generation]: ...
-
-    def generate(self, request: ChatRequest) -> AsyncIterator[GenerationEvent]: ...
 
     def count_tokens(self, request: ChatRequest) -> int: ...
 
@@ -28,9 +25,9 @@ class ModelProvider(Protocol):
 
     async def engine(self, requested: str | None) -> EngineLike: ...
 
-    def status(self) -> list[dict[str, Any]]: ...
+    def status(self) -> list[ModelStatus]: ...
 
-    def memory(self) -> dict[str, int]: ...
+    def memory(self) -> MemoryReport: ...
 
     async def start(self) -> None: ...
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from pensieve.server.errors import validation_error
+from pensieve.server.keys import BODY
 from pensieve.utils import InvalidRequestError
 
 T = TypeVar("T", bound=BaseModel)
@@ -30,6 +31,7 @@ _TOO_DEEP = f"request body is nested too deeply (more than {MAX_JSON_DEPTH} leve
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
+    request[BODY] = raw
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

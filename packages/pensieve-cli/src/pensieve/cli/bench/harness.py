@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,15 +91,14 @@ class ServerProcess:
         raise TimeoutError(f"{self.name} not ready after {timeout}s: {log.read_text()[-3000:]}")
 
     def _answers(self) -> bool:
-        import urllib.request
-
-        for path in ("/health", "/v1/models"):
+        for path in ("/health", "/v1/models"):  # mlx_lm.server has no /health
             try:
                 with urllib.request.urlopen(self.base_url + path, timeout=2) as r:
                     body = json.loads(r.read())
-                    if path == "/health" and body.get("status") not in ("ok", None):
-                        return False
-                    return True
+                    return path != "/health" or body.get("status") in ("ok", None)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 503:  # Pensieve: up, still loading
+                    return False
             except Exception:
                 continue
         return False

@@ -1,0 +1,75 @@
+"""What the model pool reports about its models and memory, as typed records.
+
+The pool (pensieve.modelmgr) builds these and every reader takes them as they are: `/health`,
+`/v1/models`, `/metrics`, the SIGUSR1 dump and the CLI. They sit here, below both the pool and
+the server, so neither has to agree with the other on dictionary keys. `as_dict()` is the JSON
+shape of `/health` and `pensieve models list --json`: a figure that is not known is left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+ModelState = Literal["loaded", "loading", "error", "available"]
+
+
+def _known(record: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if value is None:
+            continue
+        out[f.name] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """Sequences of one loaded model: decoding now, waiting for a slot, and admitted in all."""
+
+    active: int
+    queued: int
+    inflight: int
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.active or self.queued or self.inflight)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """One servable model: its source and, once loaded, what it got."""
+
+    name: str
+    source: str
+    state: ModelState
+    quantization: str | None = None
+    context_length: int | None = None
+    """The window requests get: the plan's when loaded, else the model's own (or the configured one)."""
+    size_bytes: int | None = None
+    estimated_bytes: int | None = None
+    weight_bytes: int | None = None
+    layout: str | None = None
+    load_seconds: float | None = None
+    warmup_seconds: float | None = None
+    idle_seconds: float | None = None
+    load: EngineLoad | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return _known(self)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryReport:
+    """MLX's allocator figures beside the budget and what the loaded models reserved of it."""
+
+    active_bytes: int
+    peak_bytes: int
+    cache_bytes: int
+    budget_bytes: int
+    reserved_bytes: int
+
+    def as_dict(self) -> dict[str, int]:
+        return _known(self)
