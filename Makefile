@@ -60,8 +60,8 @@ check-deps: install ## Each package declares what it imports and nothing more (d
 bench: install ## Benchmark Pensieve against mlx_lm.server on the same model (see docs/benchmarks.md)
 	$(BIN)/pensieve bench $(BENCH_ARGS)
 
-build: install ## Build the seven wheels into dist/
-	@for p in $(PACKAGES); do $(BIN)/python -m build -q --wheel --outdir dist packages/pensieve-$$p || exit 1; done
+build: | $(UV) ## Build the seven wheels into dist/
+	$(UV) build --all-packages --wheel -q --out-dir dist
 	@ls dist
 
 clean: ## Remove the virtual environment, caches and build outputs
