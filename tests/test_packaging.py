@@ -26,7 +26,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("dist")
     for name in PACKAGES:
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
+            [sys.executable, "-m", "build", "-q", "--wheel", "--no-isolation", "--outdir", str(out),
              str(ROOT / "packages" / f"pensieve-{name}")],
             check=True, capture_output=True,
         )

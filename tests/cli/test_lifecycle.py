@@ -116,3 +116,21 @@ def test_stop_escalates_to_sigkill_only_with_force(pensieve_home: Pensieve) -> N
             hung.kill()
             hung.wait()
     wait_gone(hung.pid)
+
+
+def test_kill_with_the_pid_file_stops_the_server_and_removes_its_files(pensieve_home: Pensieve) -> None:
+    """`kill $(cat pensieve.pid)`, as a user, a script or a service manager's PIDFile= does it."""
+    port = free_port()
+    started = pensieve_home.run("start", "--background", "--model", str(pensieve_home.model), "--port", str(port))
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int(pensieve_home.pid_file.read_text())
+    assert f"(PID {pid})" in started.stdout
+    state = pensieve_home.pid_file.with_name("pensieve.state.json")
+    assert json.loads(state.read_text())["port"] == port and health(f"http://127.0.0.1:{port}")["pid"] == pid
+    subprocess.run(["sh", "-c", f"kill $(cat '{pensieve_home.pid_file}')"], check=True)
+    wait_gone(pid)
+    assert health(f"http://127.0.0.1:{port}") == {}
+    assert not pensieve_home.pid_file.exists() and not state.exists()
+    assert pensieve_home.wait_for_record(lambda r: r["message"] == "Pensieve stopped")
+    status = pensieve_home.run("status")
+    assert status.returncode == 3 and "not running" in status.stdout

@@ -1,4 +1,4 @@
-"""Real answers: the embedded SmolLM2-135M under `pensieve start`, through the official SDK.
+"""Real answers: the embedded SmolLM2-135M under `pensieve start`, through the official SDK and raw HTTP.
 
 Greedy decoding (temperature 0) makes each answer reproducible, so these tests can assert on
 what the model says, not only on the shape of the response. Prompts stay short: on a CPU the
@@ -8,12 +8,15 @@ run on the tiny model instead (test_anthropic_sdk.py).
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.error
+import urllib.request
 
 import anthropic
 import pytest
 
-from tests.support import API_KEY, CliServer
+from tests.support import API_KEY, CliServer, health
 
 pytestmark = pytest.mark.slow
 GREEDY = {"temperature": 0}
@@ -37,6 +40,19 @@ def test_streamed_answer(client: anthropic.Anthropic) -> None:
     assert final.stop_reason == "end_turn" and text(final) == "".join(pieces)
     whole = client.messages.create(model="claude-opus-4-8", max_tokens=40, messages=question, extra_body=GREEDY)
     assert text(whole) == text(final)  # streaming or not, greedy gives the same answer
+    assert whole.type == "message" and whole.role == "assistant" and whole.id.startswith("msg_")
+    assert whole.content[0].type == "text" and whole.stop_reason == "end_turn"
+    # Anthropic counts prefix-cache reads apart from input_tokens; together they are the prompt.
+    prompt_tokens = whole.usage.input_tokens + whole.usage.cache_read_input_tokens
+    assert prompt_tokens > 10 and 0 < whole.usage.output_tokens <= 40
+
+
+def test_max_tokens_stop_reason(client: anthropic.Anthropic) -> None:
+    message = client.messages.create(
+        model="pensieve", max_tokens=3, messages=[{"role": "user", "content": "Tell me a long story."}]
+    )
+    assert message.stop_reason == "max_tokens"
+    assert message.usage.output_tokens == 3
 
 
 def test_stop_sequence_on_a_real_answer(client: anthropic.Anthropic) -> None:
@@ -66,3 +82,51 @@ def test_prompt_too_long_for_the_8k_context(client: anthropic.Anthropic) -> None
     assert info.value.status_code == 400 and info.value.body["error"]["type"] == "invalid_request_error"
     match = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", info.value.body["error"]["message"])
     assert match and int(match[1]) == counted > 8192 and int(match[2]) == 8192
+
+
+def test_wrong_key_is_401_in_anthropic_shape(embedded_server: CliServer) -> None:
+    client = anthropic.Anthropic(base_url=embedded_server.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        client.messages.create(model="x", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 401
+    assert info.value.body["error"]["type"] == "authentication_error"
+
+
+def _post(base_url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{base_url}/v1/messages",
+        data=body,
+        headers={"x-api-key": API_KEY, "content-type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"{not json", "not valid JSON"),
+        (json.dumps({"model": "x", "messages": [{"role": "user", "content": "hi"}]}).encode(), "max_tokens"),
+        (json.dumps({"model": "x", "max_tokens": 5}).encode(), "messages"),
+        (json.dumps({"model": "x", "max_tokens": 5, "messages": [{"role": "robot", "content": "hi"}]}).encode(), "role"),
+    ],
+)
+def test_malformed_requests_are_400_naming_the_field(embedded_server: CliServer, body: bytes, needle: str) -> None:
+    status, payload = _post(embedded_server.base_url, body)
+    assert status == 400
+    assert payload["type"] == "error"
+    assert payload["error"]["type"] == "invalid_request_error"
+    assert needle in payload["error"]["message"]
+    assert health(embedded_server.base_url)["status"] == "ok"
+
+
+def test_health_reports_model_memory_uptime(embedded_server: CliServer) -> None:
+    report = health(embedded_server.base_url)
+    assert report["status"] == "ok"
+    assert report["model"] == "smollm2-135m-instruct"
+    assert report["memory"]["active_bytes"] > 50_000_000
+    assert report["uptime_s"] > 0
+    assert "pensieve-local-key" not in json.dumps(report)

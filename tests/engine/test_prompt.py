@@ -18,8 +18,7 @@ from pensieve.engine.prompt import (
     tool_choice_instruction,
 )
 from pensieve.modelmgr.embedded import embedded_model_path
-from pensieve.modelmgr.gguf import read_gguf
-from pensieve.modelmgr.gguf_tokenizer import tokenizer_wrapper_from_gguf
+from pensieve.modelmgr.gguf import read_gguf, tokenizer_wrapper_from_gguf
 from pensieve.models import ChatMessage, ChatRequest, ToolCall, ToolCallEvent, ToolSpec
 from pensieve.utils import InvalidRequestError
 

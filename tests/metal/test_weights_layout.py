@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
 from pensieve.metal.layout import choose_layout, dequantize_model, float32_bytes
-from pensieve.utils.blas import REEXEC_MARK, openblas_library, preload_environment
+from pensieve.utils.blas import REEXEC_MARK, mlx_runs_on_cpu, openblas_library, preload_environment
 from tests.support import API_KEY, CliServer
 
 
@@ -49,11 +50,16 @@ def test_float32_size_and_layout_choice() -> None:
     assert layout(expected * 100, strategy="quantized") == "quantized"
 
 
+def _preloads() -> bool:
+    """OpenBLAS is preloaded only for MLX's CPU backend (Linux), and only if one is installed."""
+    return mlx_runs_on_cpu() and openblas_library() is not None
+
+
 def test_preload_environment_only_when_it_helps() -> None:
     assert preload_environment({}, "quantized") is None
     assert preload_environment({REEXEC_MARK: "x"}, "auto") is None
     env = preload_environment({"LD_PRELOAD": "/lib/other.so"}, "auto")
-    if openblas_library() is None:
+    if not _preloads():
         assert env is None
     else:
         assert env is not None and env["LD_PRELOAD"].startswith("/lib/other.so ")
@@ -65,10 +71,11 @@ def test_served_embedded_model_uses_openblas_and_float32_when_available(tmp_path
     """The real `pensieve start`: same PID after re-executing, OpenBLAS mapped, weights float32."""
     server = CliServer(tmp_path, env={"PENSIEVE_PERFORMANCE_WARMUP": "false"}).start()
     try:
-        maps = open(f"/proc/{server.proc.pid}/maps").read()
+        proc_maps = Path(f"/proc/{server.proc.pid}/maps")
+        maps = proc_maps.read_text() if proc_maps.exists() else ""  # macOS has no /proc
         request = urllib.request.Request(f"{server.base_url}/health", headers={"x-api-key": API_KEY})
         weights = json.loads(urllib.request.urlopen(request).read())["models"][0]["weight_bytes"]
-        if openblas_library() is not None:
+        if _preloads():
             assert "libopenblas" in maps
             assert weights > 4 * 98_000_000  # 135M parameters in float32, not the 98 MB 4-bit file
         else:

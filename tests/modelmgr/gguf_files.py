@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 
 from pensieve.modelmgr.embedded import embedded_model_path
 from pensieve.modelmgr.gguf import read_gguf
-from pensieve.modelmgr.gguf_arch import ARCHITECTURES, MODEL_NAMES
+from pensieve.modelmgr.gguf.arch import ARCHITECTURES, MODEL_NAMES
 
 T = gguf.GGMLQuantizationType
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -12,8 +15,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from pensieve.modelmgr.estimate import MIN_CONTEXT, estimate_memory, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, model_facts
-from pensieve.modelmgr.gguf import read_gguf
-from pensieve.modelmgr.gguf_header import read_gguf_header
+from pensieve.modelmgr.gguf import read_gguf, read_gguf_header
 from pensieve.modelmgr.sources import source_from_path
 from pensieve.modelmgr.synthetic import make_random_model
 from pensieve.utils import ModelLoadError
@@ -48,6 +50,20 @@ def test_mlx_folder_facts_match_the_loaded_model(tmp_path: Path, bits: int | Non
     model(mx.zeros((1, 512), dtype=mx.int32), cache=cache)
     mx.eval([c.state for c in cache])
     assert sum(c.nbytes for c in cache) == 512 * facts.kv_bytes_per_token
+
+
+def test_model_types_are_looked_up_as_mlx_lm_does(tmp_path: Path, tiny_mlx: Path) -> None:
+    """`mistral` is served by mlx-lm's llama module (its remapping table); unknown types are refused."""
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_mlx, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for model_type, known in [("mistral", True), ("llama", True), ("nosuch", False), ("..utils", False)]:
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
+        if known:
+            assert model_facts(source_from_path(folder)).config["model_type"] == model_type
+        else:
+            with pytest.raises(ModelLoadError, match=f"model_type '{re.escape(model_type)}' is not an architecture mlx-lm"):
+                model_facts(source_from_path(folder))
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,9 @@ from pensieve.modelmgr.gguf import (
     load_gguf,
     read_gguf,
     save_mlx_folder,
+    tokenizer_from_gguf,
+    tokenizer_wrapper_from_gguf,
 )
-from pensieve.modelmgr.gguf_tokenizer import tokenizer_from_gguf, tokenizer_wrapper_from_gguf
 from pensieve.utils import ModelLoadError
 
 GREEDY = make_sampler(temp=0.0)

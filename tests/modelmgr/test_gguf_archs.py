@@ -49,8 +49,7 @@ def test_gguf_logits_match_the_source_model(tmp_path: Path, shape: str, weight_t
 
 def test_phi3_longrope_factors_become_rope_scaling(tmp_path: Path) -> None:
     """Phi-3 128k files carry LongRoPE as two factor tensors; mlx-lm wants them in the config."""
-    from pensieve.modelmgr.gguf import gguf_model_config
-    from pensieve.modelmgr.gguf_header import read_gguf_header
+    from pensieve.modelmgr.gguf import gguf_model_config, read_gguf_header
 
     source, config = random_model("phi3", VOCAB)
     path = tmp_path / "phi3.gguf"

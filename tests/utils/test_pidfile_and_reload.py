@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pensieve.utils.pidfile import (
     read_pid_file,
     remove_pid_file,
     running_server,
+    state_file_path,
     write_pid_file,
 )
 from pensieve.utils.reload import apply_reload
@@ -44,8 +46,11 @@ def test_write_is_atomic_private_and_round_trips(tmp_path: Path) -> None:
     info = PidInfo(pid=os.getpid(), host="0.0.0.0", port=8123, args=["--port", "8123"])
     write_pid_file(path, info)
     assert read_pid_file(path) == info
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert [p.name for p in path.parent.iterdir()] == ["pensieve.pid"]  # no temporary left behind
+    assert path.read_text() == f"{os.getpid()}\n"  # the number alone, as `kill $(cat …)` reads it
+    state = state_file_path(path)
+    assert state.name == "pensieve.state.json" and json.loads(state.read_text())["port"] == 8123
+    assert path.stat().st_mode & 0o777 == 0o644 and state.stat().st_mode & 0o777 == 0o600  # args are private
+    assert sorted(p.name for p in path.parent.iterdir()) == ["pensieve.pid", "pensieve.state.json"]  # no temporaries
     assert info.url == "http://127.0.0.1:8123"
     assert PidInfo(pid=1, host="::", port=1).url == "http://[::1]:1"
 
@@ -73,7 +78,19 @@ def test_unreadable_file_is_stale_and_only_our_record_is_removed(tmp_path: Path)
     assert not remove_pid_file(path, pid=os.getpid() + 1)  # a successor's file stays
     assert path.exists()
     assert remove_pid_file(path, pid=os.getpid())
-    assert not path.exists()
+    assert not path.exists() and not state_file_path(path).exists()
+
+
+def test_a_pid_without_its_state_keeps_its_number(tmp_path: Path) -> None:
+    """A PID file written by hand, or beside another server's state, still names a process to stop."""
+    path = tmp_path / "pensieve.pid"
+    path.write_text(f"{os.getpid()}\n")
+    info = read_pid_file(path)
+    assert info is not None and (info.pid, info.host, info.port) == (os.getpid(), "", 0)
+    write_pid_file(path, PidInfo(pid=os.getpid() + 1, host="127.0.0.1", port=1))
+    path.write_text(f"{os.getpid()}\n")
+    info = read_pid_file(path)
+    assert info is not None and (info.pid, info.port) == (os.getpid(), 0)
 
 
 def test_a_reused_pid_is_not_taken_for_pensieve(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_env_value_errors_name_the_variable() -> None:
     assert "server.port (from env:PENSIEVE_PORT)" in info.value.message
 
 
-def test_key_lines_follow_tables_dotted_keys_and_skip_multiline_strings() -> None:
+def test_key_lines_follow_tables_dotted_keys_and_multiline_values() -> None:
     text = (
         '[model]\n'
         'default = "x"\n'
@@ -99,6 +99,11 @@ def test_key_lines_follow_tables_dotted_keys_and_skip_multiline_strings() -> Non
         'port = 3\n'
         '"""\n'
         'server.port = 4\n'
+        '# retention = 1\n'
+        'compression = [\n'
+        '  "gz",\n'
+        ']  # a comment already there\n'
+        '"log.content" = true\n'
     )
     lines = key_lines(text)
     assert lines["model.default"] == 2
@@ -106,6 +111,9 @@ def test_key_lines_follow_tables_dotted_keys_and_skip_multiline_strings() -> Non
     assert lines["model.aliases.claude-*"] == 4
     assert "logging.port" not in lines
     assert lines["logging.server.port"] == 9
+    assert "logging.retention" not in lines  # a commented-out key is not defined
+    assert lines["logging.compression"] == 11
+    assert lines["logging.log.content"] == 14
 
 
 def test_flat_masks_the_api_key(tmp_path: Path) -> None:

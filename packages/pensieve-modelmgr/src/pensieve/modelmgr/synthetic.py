@@ -18,8 +18,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.utils import save_config, save_model
 
 from pensieve.modelmgr.embedded import embedded_model_path
-from pensieve.modelmgr.gguf import read_gguf
-from pensieve.modelmgr.gguf_tokenizer import tokenizer_wrapper_from_gguf
+from pensieve.modelmgr.gguf import read_gguf, tokenizer_wrapper_from_gguf
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-llama": {

@@ -32,7 +32,8 @@ def _examples() -> dict[str, Any]:
     }
 
 
-def _render_value(value: Any) -> str:
+def render_value(value: Any) -> str:
+    """A settings value as TOML text (a table inline), the way the template and `config show` print it."""
     if isinstance(value, dict):
         table = tomlkit.inline_table()
         table.update(value)
@@ -59,13 +60,13 @@ def render_config_template() -> str:
             default = field.get_default(call_default_factory=True)
             if default is None:
                 if key in examples:
-                    table.add(tomlkit.comment(f"{name} = {_render_value(examples[key])}    # not set by default"))
+                    table.add(tomlkit.comment(f"{name} = {render_value(examples[key])}    # not set by default"))
                 else:
                     table.add(tomlkit.comment(f"{name} is not set by default"))
                 continue
-            table.add(tomlkit.comment(f"{name} = {_render_value(default)}"))
+            table.add(tomlkit.comment(f"{name} = {render_value(default)}"))
             if key in examples and examples[key] != default:
-                table.add(tomlkit.comment(f"{name} = {_render_value(examples[key])}    # example"))
+                table.add(tomlkit.comment(f"{name} = {render_value(examples[key])}    # example"))
         doc.add(tomlkit.nl())
         doc.add(section, table)
     return tomlkit.dumps(doc)

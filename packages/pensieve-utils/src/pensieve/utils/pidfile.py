@@ -1,10 +1,15 @@
-"""The PID file: how `pensieve stop/status/restart` find the running server.
+"""The PID file: how `pensieve stop/status/restart/logs` find the running server.
 
-The server writes it atomically (temporary file, then rename) right after it binds, so a reader
-never sees half a file and a file's presence means the port is really open. It is removed on
-exit; a file left by a crash is recognised as stale by probing the PID. The probe checks that
-the process is alive, not a zombie, and (where the OS says) really a Pensieve process, so a PID
-reused by another program is never signalled. Nothing here looks processes up by name.
+`pensieve.pid` holds the number and a newline, nothing else, as gunicorn and nginx write theirs,
+so `kill $(cat pensieve.pid)`, `pkill -F pensieve.pid` and systemd's `PIDFile=` read it. What
+the number does not say (host, port, start arguments, log and config files) is in
+`pensieve.state.json` beside it. The server writes both atomically (temporary file, then
+rename) right after it binds, the state first: a reader never sees half a file, finds the state
+of the PID it read, and knows from the PID file's presence that the port is really open. Both
+are removed on exit; a PID file left by a crash is recognised as stale by probing the PID. The
+probe checks that the process is alive, not a zombie, and (where the OS says) really a Pensieve
+process, so a PID reused by another program is never signalled. Nothing here looks processes
+up by name.
 
 Reading the file is a check, not a claim: two servers started at the same instant on different
 ports would both find it free. The claim is an exclusive `flock` on a lock file beside it, held
@@ -68,35 +73,55 @@ def lock_server_slot(path: Path) -> IO[bytes] | None:
     return handle
 
 
+def state_file_path(pid_file: Path) -> Path:
+    """`pensieve.state.json` beside `pensieve.pid`."""
+    return pid_file.with_name(f"{pid_file.stem}.state.json")
+
+
 def write_pid_file(path: Path, info: PidInfo) -> None:
-    """Write atomically, readable only by the user (it holds the start arguments)."""
+    """Write the state (readable only by the user: it holds the start arguments), then the PID."""
+    _write_atomically(state_file_path(path), json.dumps(asdict(info)), 0o600)
+    _write_atomically(path, f"{info.pid}\n", 0o644)
+
+
+def _write_atomically(path: Path, text: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(asdict(info), handle)
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
 def read_pid_file(path: Path) -> PidInfo | None:
-    """The recorded server, or None if there is no file or it is unreadable (treated as stale)."""
+    """The recorded server, or None if there is no PID file.
+
+    An unreadable PID file reads as PID -1 (stale); a PID whose state file is missing or belongs
+    to another PID keeps its number with no address, so it can still be stopped.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return PidInfo(**data)
+        pid = int(path.read_text(encoding="utf-8").strip())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError):
         return PidInfo(pid=-1, host="", port=0)
+    try:
+        info = PidInfo(**json.loads(state_file_path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return PidInfo(pid=pid, host="", port=0)
+    return info if info.pid == pid else PidInfo(pid=pid, host="", port=0)
 
 
 def remove_pid_file(path: Path, pid: int | None = None) -> bool:
-    """Remove the file; with `pid`, only if it still names that process (not a successor's)."""
+    """Remove the PID and state files; with `pid`, only if they still name that process."""
     if pid is not None:
         info = read_pid_file(path)
         if info is None or info.pid != pid:
             return False
+    with contextlib.suppress(FileNotFoundError):
+        state_file_path(path).unlink()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
         return True

@@ -12,8 +12,8 @@ so what one writes the other reads identically.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,8 @@ from typing import Any, Literal
 import tomlkit
 import tomlkit.exceptions
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from tomlkit.container import Container
+from tomlkit.items import AoT, Table
 
 from pensieve.utils.errors import ConfigError
 from pensieve.utils.paths import default_config_file
@@ -234,40 +236,40 @@ def _file_layer(path: Path) -> dict[str, tuple[Any, str]]:
     return layer
 
 
-_HEADER = re.compile(r"^\s*\[\[?([^\]]+)\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
-_KEY_PART = re.compile(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""")
-
-
 def key_lines(text: str) -> dict[str, int]:
     """Dotted key (and table name) -> 1-based line where it is defined in a TOML text.
 
-    tomlkit keeps formatting but not positions, so the lines are found by a scan that follows
-    table headers and `key =` lines and skips multi-line strings; it only has to be right for
-    files that already parsed, which is when it is used.
+    tomlkit records no positions, but it renders a parsed document back to exactly the text it
+    read. So each key and table header gets a unique end-of-line comment, the document is
+    rendered, and the lines are read off where the marks landed (a key's own line is its mark's
+    line less the newlines inside its value). The parser that read the values thus also says
+    where they are: multi-line strings, quoted and dotted keys need no second, hand-written scan.
+    Only called for files that already parsed.
     """
+    doc = tomlkit.parse(text)
+    token = uuid.uuid4().hex
+    marks: list[tuple[str, int]] = []  # (dotted key, newlines inside its value)
+
+    def mark(container: Container, path: list[str]) -> None:
+        for key, item in container.body:
+            if key is None or isinstance(item, AoT):
+                continue
+            dotted = [*path, key.key]
+            is_table = isinstance(item, Table)
+            if not (is_table and item.is_super_table()):  # `[a.b]` or `a.b = 1`: `a` has no line
+                item.trivia.comment = f"# {token}:{len(marks)}"
+                marks.append((".".join(dotted), 0 if is_table else item.as_string().count("\n")))
+            if is_table:
+                mark(item.value, dotted)
+
+    mark(doc, [])
     found: dict[str, int] = {}
-    table: list[str] = []
-    in_multiline: str | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if in_multiline is not None:
-            if line.count(in_multiline) % 2 == 1:
-                in_multiline = None
-            continue
-        if header := _HEADER.match(line):
-            table = _split_key(header.group(1))
-            found.setdefault(".".join(table), number)
-        elif key := _KEY.match(line):
-            dotted = ".".join([*table, *_split_key(key.group(1))])
-            found.setdefault(dotted, number)
-        for quote in ('"""', "'''"):
-            if line.count(quote) % 2 == 1:
-                in_multiline = quote
+    for number, line in enumerate(tomlkit.dumps(doc).splitlines(), start=1):
+        _, hit, index = line.rpartition(f"{token}:")
+        if hit:
+            dotted, spanned = marks[int(index)]
+            found.setdefault(dotted, number - spanned)
     return found
-
-
-def _split_key(raw: str) -> list[str]:
-    return [part.strip("\"'") for part in _KEY_PART.findall(raw)]
 
 
 def find_config_file(explicit: str | Path | None, env: Mapping[str, str]) -> Path | None:

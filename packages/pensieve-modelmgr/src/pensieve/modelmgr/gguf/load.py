@@ -3,8 +3,8 @@
 MLX already parses GGUF and keeps Q4_0, Q4_1 and Q8_0 tensors packed as its affine quantization,
 so a GGUF file can run without re-quantizing or an extra copy on disk. What MLX does not do is
 turn llama.cpp's tensor names and metadata into an mlx-lm model, nor build a tokenizer; that is
-this module's job (per-architecture names live in ``gguf_arch``, the tokenizer in
-``gguf_tokenizer``).
+this module's job (per-architecture names live in ``arch``, the tokenizer in ``tokenizer``,
+the header checks in ``header``).
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ import numpy as np
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import save_config, save_model
 
-from pensieve.modelmgr.gguf_arch import (
+from pensieve.modelmgr.gguf.arch import (
     ROPE_TENSORS,
     Architecture,
     architecture,
     longrope_scaling,
     mlx_name,
 )
-from pensieve.modelmgr.gguf_header import GGUFError, read_gguf_header
+from pensieve.modelmgr.gguf.errors import GGUFError
+from pensieve.modelmgr.gguf.header import read_gguf_header
+from pensieve.modelmgr.gguf.tokenizer import tokenizer_wrapper_from_gguf
 from pensieve.utils.logging import logger
-
-__all__ = ["GGUFError", "gguf_model_config", "load_gguf", "read_gguf", "save_mlx_folder"]
 
 # Every GGUF quantization MLX keeps packed (Q4_0, Q4_1, Q8_0) uses blocks of 32 weights.
 _GROUP_SIZE = 32
@@ -203,9 +203,6 @@ def load_gguf(path: str | Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, 
     The config can be saved next to the weights (``save_mlx_folder``) to get an ordinary MLX
     model folder, so a GGUF download only needs converting once.
     """
-    # Imported here because gguf_tokenizer imports GGUFError from this module.
-    from pensieve.modelmgr.gguf_tokenizer import tokenizer_wrapper_from_gguf
-
     weights, metadata = read_gguf(path)
     file_type = metadata.get("general.file_type")
     if file_type is not None and file_type.item() not in _KEPT_FILE_TYPES:

@@ -4,7 +4,7 @@ Each llama.cpp architecture differs from the others in three ways that matter he
 names (Phi-3 keeps q/k/v and gate/up fused, as its Hugging Face checkpoint does), its metadata
 keys (prefixed with the architecture name), and whether llama.cpp's converter permuted the q/k
 rows for rotary embeddings (only for `llama`, which MLX's "traditional" RoPE undoes for free).
-Everything else (reading, quantization, the tokenizer) is shared in ``gguf``.
+Everything else (reading, quantization, the tokenizer) is shared by the other modules here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pensieve.modelmgr.gguf_header import GGUFError
+from pensieve.modelmgr.gguf.errors import GGUFError
 
 # Whole-model tensors are named alike in every architecture mapped here.
 MODEL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}

@@ -21,7 +21,7 @@ from mlx_lm.tokenizer_utils import (
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from pensieve.modelmgr.gguf import GGUFError
+from pensieve.modelmgr.gguf.errors import GGUFError
 
 # llama.cpp's token types (tokenizer.ggml.token_type).
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
