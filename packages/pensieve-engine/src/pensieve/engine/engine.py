@@ -199,6 +199,8 @@ class Generation:
         self.request = request
         self.rendered = rendered
         self.profile = profile or RequestProfile()
+        self.produced = 0
+        """Tokens generated so far: read by the server's live view of requests in flight."""
         self._queue: asyncio.Queue[tuple[int | None, str | None, BaseException | None]] = asyncio.Queue()
 
     def nudge(self) -> None:
@@ -255,6 +257,7 @@ class Generation:
                     return
                 if token is not None:
                     produced += 1
+                    self.produced = produced
                     tick = time.perf_counter()
                     detok.add_token(token)
                     events = parser.feed(detok.last_segment)
