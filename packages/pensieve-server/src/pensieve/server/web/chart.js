@@ -4,11 +4,20 @@
 
 const PAD = { left: 52, right: 12, top: 10, bottom: 22 };
 
-/** The smallest of 1, 2, 2.5, 5 x 10^k that is >= value (a round top for the y axis). */
-function niceCeil(value) {
+/** The smallest of 1, 2, 2.5, 5 x 10^k that is >= value (a round top for the y axis, in quarters);
+ * with base 1024, of 1, 2, 4, 8 x 10^k in the unit the value is shown in, so ticks read 100 MB. */
+function niceCeil(value, base) {
   if (value <= 0) return 1;
+  if (base) {
+    const unit = base ** Math.floor(Math.log(value) / Math.log(base));
+    return roundUp(value / unit, [1, 2, 4, 8, 10]) * unit;
+  }
+  return roundUp(value, [1, 2, 2.5, 5, 10]);
+}
+
+function roundUp(value, steps) {
   const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) {
+  for (const step of steps) {
     if (step * power >= value) return step * power;
   }
   return 10 * power;
@@ -30,12 +39,13 @@ function tickLabel(secondsAgo) {
 export class TimeChart {
   /**
    * @param {HTMLCanvasElement} canvas
-   * @param {{series: {key: string, color: string, style?: "line"|"area"|"bars"}[], format: (v: number) => string}} options
+   * @param {{series: {key: string, color: string, style?: "line"|"area"|"bars"}[], format: (v: number) => string, base?: number}} options
    */
   constructor(canvas, options) {
     this.canvas = canvas;
     this.series = options.series;
     this.format = options.format;
+    this.base = options.base;
     this.samples = [];
     this.references = [];
     this.span = 60;
@@ -73,7 +83,7 @@ export class TimeChart {
     let top = 0;
     for (const s of visible) for (const series of this.series) top = Math.max(top, s[series.key] || 0);
     for (const ref of this.references) top = Math.max(top, ref.value);
-    top = niceCeil(top * 1.08);
+    top = niceCeil(top * 1.08, this.base);
     const xOf = (t) => plot.x + ((t - start) / this.span) * plot.w;
     const yOf = (v) => plot.y + plot.h - (v / top) * plot.h;
 

@@ -37,7 +37,7 @@ export class Playground {
     const chosen = select.value || defaultName;
     const names = models.filter((m) => m.state !== "error").map((m) => m.name);
     if (names.join("\n") === [...select.options].map((o) => o.value).join("\n")) return;
-    fill(select, ...names.map((name) => el("option", { value: name, selected: name === chosen }, name === defaultName ? `${name} (default)` : name)));
+    fill(select, ...names.map((name) => el("option", { value: name, selected: name === chosen }, name)));
   }
 
   clear() {

@@ -31,7 +31,7 @@ export function number(value, digits = 1) {
   const n = Number(value);
   if (Math.abs(n) >= 10000) return `${(n / 1000).toFixed(1)}k`;
   if (Number.isInteger(n)) return n.toLocaleString("en-US");
-  return n.toFixed(Math.abs(n) < 1 ? 2 : digits);
+  return String(Number(n.toFixed(Math.abs(n) < 1 ? 2 : digits)));
 }
 
 /** 0.423 -> "42%"; a ratio of nothing (null) -> "—". */

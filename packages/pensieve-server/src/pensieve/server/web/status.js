@@ -27,6 +27,7 @@ export class StatusView {
           { key: "cache_bytes", color: COLORS.cache },
         ],
         format: bytes,
+        base: 1024,
       }),
     };
     this.health = null;
@@ -41,7 +42,7 @@ export class StatusView {
     const requests = health.requests || {};
     setCard("inflight", number(requests.in_flight ?? 0), `${number(queued)} queued · ${number(requests.served ?? 0)} served`);
     const budget = memory.budget_bytes || 0;
-    setCard("memory", bytes(memory.active_bytes), budget ? `of ${bytes(budget)} budget · peak ${bytes(memory.peak_bytes)}` : `peak ${bytes(memory.peak_bytes)}`);
+    setCard("memory", bytes(memory.active_bytes), budget ? `of a ${bytes(budget)} budget` : `peak ${bytes(memory.peak_bytes)}`);
     const share = budget ? Math.min(1, (memory.active_bytes || 0) / budget) : 0;
     $("#memory-bar").style.width = `${(share * 100).toFixed(1)}%`;
     const device = health.device || {};
@@ -82,7 +83,7 @@ export class StatusView {
     setCard(
       "cache",
       input ? percent(cached / input) : percent(lifetime),
-      input ? `${number(cached)} of ${number(input)} prompt tokens, last ${Math.round(this.windowS / 60)} min` : lifetime === null ? "no prompts yet" : `${percent(lifetime)} since start`,
+      input ? `${number(cached)} / ${number(input)} prompt tokens, ${Math.round(this.windowS / 60)} min` : lifetime === null ? "no prompts yet" : "since start",
     );
   }
 
