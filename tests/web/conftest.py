@@ -60,7 +60,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
 
 
 @pytest.fixture
-def page(browser: Any, web_server: CliServer, request: pytest.FixtureRequest) -> Iterator[Any]:
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh tab (its own sessionStorage), 1360x900; a screenshot is saved when the test ends."""
     context = browser.new_context(viewport={"width": 1360, "height": 900})
     tab = context.new_page()

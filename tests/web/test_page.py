@@ -11,7 +11,9 @@ import json
 import urllib.request
 from typing import Any
 
-from tests.support import API_KEY, CliServer
+from pensieve.models import ChatRequest
+from tests.e2e.test_anthropic_sdk import CALL, WEATHER_TOOL, forced_output, reasoning_markers
+from tests.support import API_KEY, CliServer, ServerThread
 
 MODEL = "smollm2-135m-instruct"
 
@@ -136,4 +138,43 @@ def test_the_plots_draw_after_a_few_requests(page: Any, web_server: CliServer) -
         assert drawn["points"] >= 3 and drawn["count"] > 30, (chart, drawn)
     tokens_card = page.locator("#card-tokens .note").inner_text()
     assert "generated since start" in tokens_card and not tokens_card.startswith("0 ")
+    assert not page.errors
+
+
+def _script(request: ChatRequest) -> str:
+    """Think, say a word and call the tool; after the tool's result, quote it."""
+    last = request.messages[-1]
+    if last.role == "tool":
+        return f"The tool said: {last.content}"
+    return "<think>They want the weather: ask the tool.</think>\n\nLet me look that up." + CALL
+
+
+def test_thinking_and_tool_calls_render_readably_and_a_tool_result_goes_back(page: Any, tiny_server: ServerThread) -> None:
+    """The real server and parser on the tiny model, its sampler made to emit reasoning and a call."""
+    page.goto(f"{tiny_server.base_url}/#chat")
+    _unlock(page)
+    page.locator("#composer").wait_for()
+    page.check("#chat-thinking")
+    page.click(".tools summary")
+    page.fill("#chat-tools", json.dumps([WEATHER_TOOL]))
+    with reasoning_markers(tiny_server), forced_output(tiny_server, _script) as seen:
+        page.fill("#prompt", "Weather in Paris?")
+        page.keyboard.press("Enter")
+        first = page.locator('.msg.assistant[data-state="done"]')
+        first.wait_for()
+        assert first.locator(".thinking summary").inner_text() == "Thinking"
+        assert first.locator(".thinking-text").text_content() == "They want the weather: ask the tool."
+        assert first.locator(".block.text").inner_text() == "Let me look that up."
+        tool = first.locator(".block.tool")
+        assert tool.locator("code").inner_text() == "get_weather" and tool.locator(".tool-id").inner_text().startswith("toolu_")
+        assert json.loads(tool.locator(".tool-input").inner_text()) == {"city": "Paris"}
+        assert first.locator('[data-stat="stop"]').inner_text() == "stop tool_use"
+        assert "get_weather" in (page.get_attribute("#prompt", "placeholder") or "")
+        page.fill("#prompt", "18 C, sunny")
+        page.keyboard.press("Enter")
+        second = page.locator('.msg.assistant[data-state="done"]').nth(1)
+        second.wait_for()
+    assert second.locator(".block.text").inner_text() == "The tool said: 18 C, sunny"
+    assert page.locator(".msg.user .role").nth(1).inner_text().lower() == "tool result"
+    assert seen[-1].messages[-1].role == "tool" and seen[-1].messages[-2].tool_calls[0].name == "get_weather"
     assert not page.errors
