@@ -5,8 +5,8 @@ it, and parsing `/metrics` text in a browser would be the wrong way round. So a 
 server once a second into a ring buffer (a bounded `deque`): output tokens per second, requests
 finished, requests in flight and queued, MLX memory, and the prompt and prefix-cache tokens of
 what finished. Rates come from differences of running totals (`Observer.output_tokens()`
-counts the tokens of requests still running), so a sample costs a few dictionary reads and no
-MLX computation. The endpoint also lists the requests in flight with their decode speed.
+counts the tokens of requests still running); a sample reads what `/health` reads (the
+provider's status and MLX's memory counters) and computes nothing on the model's thread. The endpoint also lists the requests in flight with their decode speed.
 
 The endpoint needs the API key, like every other figure beyond `/health`; the page polls it
 with `?since=` so each poll carries only the new samples.

@@ -4,15 +4,15 @@
 
 const PAD = { left: 52, right: 12, top: 10, bottom: 22 };
 
-/** The smallest of 1, 2, 2.5, 5 x 10^k that is >= value (a round top for the y axis, in quarters);
- * with base 1024, of 1, 2, 4, 8 x 10^k in the unit the value is shown in, so ticks read 100 MB. */
-function niceCeil(value, base) {
+/** A round top for the y axis, whose quarters are the grid lines: the smallest step x 10^k
+ * that is >= value, in the unit the value is shown in when `base` is 1024 (so ticks read 100 MB). */
+function niceCeil(value, base, steps) {
   if (value <= 0) return 1;
   if (base) {
     const unit = base ** Math.floor(Math.log(value) / Math.log(base));
-    return roundUp(value / unit, [1, 2, 4, 8, 10]) * unit;
+    return roundUp(value / unit, steps) * unit;
   }
-  return roundUp(value, [1, 2, 2.5, 5, 10]);
+  return roundUp(value, steps);
 }
 
 function roundUp(value, steps) {
@@ -39,13 +39,15 @@ function tickLabel(secondsAgo) {
 export class TimeChart {
   /**
    * @param {HTMLCanvasElement} canvas
-   * @param {{series: {key: string, color: string, style?: "line"|"area"|"bars"}[], format: (v: number) => string, base?: number}} options
+   * @param {{series: {key: string, color: string, style?: "line"|"area"|"bars"}[], format: (v: number) => string, base?: number, steps?: number[], minTop?: number}} options
    */
   constructor(canvas, options) {
     this.canvas = canvas;
     this.series = options.series;
     this.format = options.format;
     this.base = options.base;
+    this.steps = options.steps || [1, 2, 2.5, 5, 10];
+    this.minTop = options.minTop || 0;
     this.samples = [];
     this.references = [];
     this.span = 60;
@@ -83,7 +85,7 @@ export class TimeChart {
     let top = 0;
     for (const s of visible) for (const series of this.series) top = Math.max(top, s[series.key] || 0);
     for (const ref of this.references) top = Math.max(top, ref.value);
-    top = niceCeil(top * 1.08, this.base);
+    top = Math.max(this.minTop, niceCeil(top * 1.08, this.base, this.steps));
     const xOf = (t) => plot.x + ((t - start) / this.span) * plot.w;
     const yOf = (v) => plot.y + plot.h - (v / top) * plot.h;
 

@@ -20,6 +20,8 @@ export class StatusView {
           { key: "queued", color: COLORS.queued },
         ],
         format: (v) => number(v),
+        steps: [1, 2, 4, 8, 10], // whole requests on every grid line
+        minTop: 4,
       }),
       memory: new TimeChart($("#chart-memory"), {
         series: [
@@ -28,6 +30,7 @@ export class StatusView {
         ],
         format: bytes,
         base: 1024,
+        steps: [1, 2, 4, 8, 10],
       }),
     };
     this.health = null;
