@@ -2,7 +2,7 @@
 // Hand-written because a charting library would be ten times the size of what the page needs
 // and would have to be vendored; this draws the three plots of the status view and no more.
 
-const PAD = { left: 52, right: 12, top: 10, bottom: 22 };
+const PAD = { left: 56, right: 12, top: 10, bottom: 22 };
 
 /** A round top for the y axis, whose quarters are the grid lines: the smallest step x 10^k
  * that is >= value, in the unit the value is shown in when `base` is 1024 (so ticks read 100 MB). */
@@ -23,17 +23,18 @@ function roundUp(value, steps) {
   return 10 * power;
 }
 
-/** Seconds between x-axis labels for a span: about five labels, on round minutes or seconds. */
+/** Seconds between x-axis labels: at most six, in seconds up to a minute and a half, else in
+ * whole minutes (so the labels never mix -90s and -2m). */
 function tickStep(span) {
-  for (const step of [10, 15, 30, 60, 120, 300]) {
+  for (const step of span <= 90 ? [10, 15, 30] : [60, 120, 300]) {
     if (span / step <= 6) return step;
   }
   return 600;
 }
 
-function tickLabel(secondsAgo) {
+function tickLabel(secondsAgo, span) {
   if (secondsAgo === 0) return "now";
-  return secondsAgo % 60 === 0 ? `-${secondsAgo / 60}m` : `-${secondsAgo}s`;
+  return span <= 90 ? `-${secondsAgo}s` : `-${secondsAgo / 60}m`;
 }
 
 export class TimeChart {
@@ -111,7 +112,7 @@ export class TimeChart {
     for (let ago = 0; ago <= this.span; ago += step) {
       const x = xOf(end - ago);
       if (x - plot.x < 14 && ago !== 0) continue;
-      ctx.fillText(tickLabel(ago), Math.min(x, plot.x + plot.w - 12), plot.y + plot.h + 6);
+      ctx.fillText(tickLabel(ago, this.span), Math.min(x, plot.x + plot.w - 12), plot.y + plot.h + 6);
     }
 
     let drawn = 0;

@@ -2,12 +2,12 @@
 
 const UNITS = ["B", "KB", "MB", "GB", "TB"];
 
-/** 1536 -> "1.5 KB"; null or undefined -> "—". */
+/** 1536 -> "1.5 KB", 1000 MB -> "1.0 GB" (four digits would crowd a plot's axis); null -> "—". */
 export function bytes(value) {
   if (value === null || value === undefined || Number.isNaN(value)) return "—";
   let n = Number(value);
   let unit = 0;
-  while (Math.abs(n) >= 1024 && unit < UNITS.length - 1) {
+  while (Math.abs(n) >= 1000 && unit < UNITS.length - 1) {
     n /= 1024;
     unit += 1;
   }

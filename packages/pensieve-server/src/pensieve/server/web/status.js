@@ -86,7 +86,7 @@ export class StatusView {
     setCard(
       "cache",
       input ? percent(cached / input) : percent(lifetime),
-      input ? `${number(cached)} / ${number(input)} prompt tokens, ${Math.round(this.windowS / 60)} min` : lifetime === null ? "no prompts yet" : "since start",
+      input ? `${number(cached)} of ${number(input)} prompt tokens` : lifetime === null ? "no prompts yet" : "since start",
     );
   }
 
