@@ -183,7 +183,9 @@ class Observer:
         """Forget a finished request; `counted` ones (not health polls) count as served."""
         entry = self.active.pop(summary.request_id, None)
         if entry is not None and entry.generation is not None:
-            self.tokens.output_tokens += entry.generation.produced
+            self.tokens.output_tokens += entry.generation.produced  # cut short ones too
+        else:
+            self.tokens.output_tokens += summary.output_tokens or 0
         if summary.generated:
             self.tokens.input_tokens += summary.input_tokens or 0
             self.tokens.cached_tokens += summary.cached_tokens or 0
