@@ -61,12 +61,18 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
 
 @pytest.fixture
 def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh tab (its own sessionStorage), 1360x900; a screenshot is saved when the test ends."""
+    """A fresh tab (its own sessionStorage), 1360x900; a screenshot is saved when the test ends.
+
+    `page.errors` collects the page's uncaught errors and console errors, for tests to assert none.
+    """
     context = browser.new_context(viewport={"width": 1360, "height": 900})
     tab = context.new_page()
     tab.set_default_timeout(30_000)
     tab.errors = []  # type: ignore[attr-defined]
     tab.on("pageerror", lambda error: tab.errors.append(str(error)))  # type: ignore[attr-defined]
+    # Console errors too (a Content-Security-Policy violation is one), except the browser's note
+    # on each 401 answer, which the key tests provoke on purpose.
+    tab.on("console", lambda m: m.type == "error" and "status of 401" not in m.text and tab.errors.append(m.text))  # type: ignore[attr-defined]
     yield tab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / f"{request.node.name}.png"

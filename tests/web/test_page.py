@@ -53,6 +53,7 @@ def test_a_wrong_key_shows_a_clear_message(page: Any, web_server: CliServer) -> 
     page.locator(".charts").wait_for()
     assert not page.locator("#key-error").is_visible()
     assert page.evaluate("Object.values(sessionStorage)") == [API_KEY]
+    assert not page.errors
 
 
 RECORD_PARTIALS = """() => {
