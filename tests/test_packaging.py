@@ -69,3 +69,10 @@ print("ok", chat.max_tokens)
     result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok 8"
+
+
+def test_the_server_wheel_carries_the_web_page(wheels: dict[str, Path]) -> None:
+    files = set(zipfile.ZipFile(wheels["server"]).namelist())
+    web = ROOT / "packages" / "pensieve-server" / "src" / "pensieve" / "server" / "web"
+    expected = {f"pensieve/server/web/{p.name}" for p in web.iterdir()}
+    assert "pensieve/server/web/index.html" in expected and expected <= files

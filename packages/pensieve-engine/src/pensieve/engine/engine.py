@@ -187,6 +187,8 @@ class Generation:
         self.request = request
         self.rendered = rendered
         self.profile = profile or RequestProfile()
+        self.produced = 0
+        """Tokens generated so far: read by the server's live view of requests in flight."""
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
 
     def nudge(self) -> None:
@@ -215,13 +217,11 @@ class Generation:
         parser = OutputParser.for_prompt(engine.tokenizer, rendered, request)
         detok = copy.copy(engine.tokenizer.detokenizer)
         detok.reset()
-        produced = 0
         reason: FinishReason | None = None
         """Why the compute thread ended the sequence; None while it runs or when the parser ended it."""
 
         def take(token: int) -> list[Any]:
-            nonlocal produced
-            produced += 1
+            self.produced += 1
             tick = time.perf_counter()
             detok.add_token(token)
             events = parser.feed(detok.last_segment)
@@ -263,7 +263,7 @@ class Generation:
             yield Finished(
                 stop_reason=_stop_reason(reason, parser),
                 stop_sequence=parser.stop_sequence,
-                usage=Usage(input_tokens=len(prompt), output_tokens=produced, cache_read_input_tokens=job.cached),
+                usage=Usage(input_tokens=len(prompt), output_tokens=self.produced, cache_read_input_tokens=job.cached),
                 timings=_timings(job, self.profile),
             )
         finally:

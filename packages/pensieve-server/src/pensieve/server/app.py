@@ -21,8 +21,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pensieve.server import anthropic_routes, metrics, openai_routes, openapi, system_routes
+from pensieve.server import (
+    anthropic_routes,
+    history,
+    metrics,
+    openai_routes,
+    openapi,
+    system_routes,
+    web_page,
+)
 from pensieve.server.exposure import check_exposure
+from pensieve.server.history import HISTORY, History, history_sampling
 from pensieve.server.keys import PRELOAD, PROVIDER, SETTINGS, STARTED_AT
 from pensieve.server.lifecycle import (
     SettingsLoader,
@@ -73,6 +82,11 @@ def create_app(settings: Settings, provider: ModelProvider) -> web.Application:
     app.add_routes(anthropic_routes.routes)
     app.add_routes(openai_routes.routes)
     app.add_routes(openapi.routes)
+    if settings.server.web_ui:
+        app[HISTORY] = History(app[OBSERVER], provider, quiet_paths=QUIET_PATHS)
+        app.add_routes(history.routes)
+        app.add_routes(web_page.routes)
+        app.cleanup_ctx.append(history_sampling)
     app.cleanup_ctx.append(_provider_lifecycle)
     return app
 

@@ -21,10 +21,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from pensieve.server.errors import error_response
+from pensieve.server.history import HISTORY_PATH
 from pensieve.server.keys import BODY, FINISHED, PROVIDER, REQUEST_ID, SETTINGS
 from pensieve.server.metrics import METRICS
 from pensieve.server.observe import OBSERVER, requested_model, summarize
 from pensieve.server.streaming import ClientGone
+from pensieve.server.web_page import ASSETS
 from pensieve.utils import (
     ApiError,
     AuthenticationError,
@@ -39,9 +41,10 @@ from pensieve.utils.settings import ServerSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/", "/health", "/openapi.json"})
-"""Answered without a key: liveness, status (no secrets in it) and the public API description."""
-QUIET_PATHS = OPEN_PATHS | {"/metrics"}
+OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", *ASSETS})
+"""Answered without a key: liveness, status (no secrets in it), the public API description and
+the web page's scripts and styles."""
+QUIET_PATHS = OPEN_PATHS | {"/metrics", HISTORY_PATH}
 """Polled by monitors: logged at DEBUG and not counted as requests served."""
 CONTENT_LOG_LIMIT = 20_000
 

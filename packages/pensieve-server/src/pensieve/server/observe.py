@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pensieve.engine import Generation
 from pensieve.models import Finished
 from pensieve.server.keys import FINISHED, REQUEST_ID
 
@@ -32,14 +33,23 @@ class ActiveRequest:
     path: str
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[Any] | None = None
+    generation: Generation | None = None
+    """Set once the engine admitted the request (`streaming.watched`): its live token count."""
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "request_id": self.request_id,
             "method": self.method,
             "path": self.path,
             "running_s": round(time.monotonic() - self.started, 3),
         }
+        if self.generation is not None:
+            described.update(
+                model=self.generation.engine.name,
+                input_tokens=self.generation.input_tokens,
+                output_tokens=self.generation.produced,
+            )
+        return described
 
 
 @dataclass(slots=True)
@@ -56,6 +66,8 @@ class RequestSummary:
     requested_model: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_tokens: int | None = None
+    """Prompt tokens served from the prefix cache."""
     ttft_s: float | None = None
     tokens_per_s: float | None = None
     time_per_token_s: float | None = None
@@ -105,6 +117,7 @@ def summarize(
     decode = timings.get("decode_s", 0.0)
     summary.model, summary.requested_model = served_model, requested
     summary.input_tokens, summary.output_tokens = finished.usage.input_tokens, out
+    summary.cached_tokens = finished.usage.cache_read_input_tokens
     summary.stop_reason = finished.stop_reason
     summary.profile = dict(finished.timings)
     if "prefill_s" in timings:
@@ -133,6 +146,16 @@ def requested_model(request: web.Request) -> str | None:
     return model if isinstance(model, str) else None
 
 
+@dataclass(slots=True)
+class TokenTotals:
+    """Tokens of the generations that ended since start, for rates and the prefix-cache hit rate."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    """Counted for every generation that produced tokens, finished or cut short."""
+
+
 class Observer:
     """Per-app request registry and daemon state."""
 
@@ -144,21 +167,39 @@ class Observer:
         self.reloads = 0
         self.reloaded_at: float | None = None
         self.pid_file: str | None = None
+        self.tokens = TokenTotals()
 
     def begin(self, request: web.Request) -> ActiveRequest:
         entry = ActiveRequest(request.get(REQUEST_ID, ""), request.method, request.path, task=asyncio.current_task())
         self.active[entry.request_id] = entry
         return entry
 
+    def attach(self, request_id: str, generation: Generation) -> None:
+        """Link a running request to its generation, so its tokens can be counted while it runs."""
+        if (entry := self.active.get(request_id)) is not None:
+            entry.generation = generation
+
     def end(self, summary: RequestSummary, *, counted: bool = True) -> None:
         """Forget a finished request; `counted` ones (not health polls) count as served."""
-        self.active.pop(summary.request_id, None)
+        entry = self.active.pop(summary.request_id, None)
+        if entry is not None and entry.generation is not None:
+            self.tokens.output_tokens += entry.generation.produced  # cut short ones too
+        else:
+            self.tokens.output_tokens += summary.output_tokens or 0
+        if summary.generated:
+            self.tokens.input_tokens += summary.input_tokens or 0
+            self.tokens.cached_tokens += summary.cached_tokens or 0
         if counted:
             self.recent.append(summary)
             self.served += 1
 
     def in_flight(self, *, exclude_open: frozenset[str] = frozenset()) -> list[ActiveRequest]:
         return [a for a in self.active.values() if a.path not in exclude_open]
+
+    def output_tokens(self) -> int:
+        """Tokens generated since start, those of requests still running included."""
+        running = sum(a.generation.produced for a in self.active.values() if a.generation is not None)
+        return self.tokens.output_tokens + running
 
     def cancel_all(self) -> int:
         """Cancel every running request (SIGINT: stop now). Returns how many were cancelled."""

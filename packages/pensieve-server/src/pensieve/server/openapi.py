@@ -21,6 +21,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from pensieve.models import anthropic, openai
+from pensieve.server.history import HISTORY_PATH
+from pensieve.server.web_page import ASSETS
 
 routes = web.RouteTableDef()
 
@@ -228,6 +230,13 @@ def _paths() -> dict[str, Schema]:
         "/metrics": _get("Prometheus metrics (behind the key unless server.metrics_require_auth is false)", _STR, errors=_ref("AnthropicError"), content="text/plain"),
         "/health": _get("Status, models, memory, device, uptime; no key needed", _ref("Health")),
         "/": _get("Liveness (Claude Code probes HEAD /); no key needed", {"type": "object"}),
+        HISTORY_PATH: _get(
+            "The last minutes of tokens/s, requests and memory, one sample a second, and the requests in flight (with server.web_ui on)",
+            _objects(interval_s={"type": "number"}, window_s={"type": "number"}, samples={"type": "array"}, in_flight={"type": "array"}, totals={"type": "object"}),
+            errors=_ref("AnthropicError"),
+            statuses=(400, 401, 500),
+        ),
+        **{path: _get("A script or style of the web page (with server.web_ui on); no key needed", _STR, content=kind) for path, kind in ASSETS.items()},
         "/openapi.json": _get("This document; no key needed", {"type": "object"}),
     }
     paths["/v1/models/{model_id}"]["parameters"] = [
@@ -236,7 +245,11 @@ def _paths() -> dict[str, Schema]:
     paths["/v1/messages"]["post"]["parameters"] = [
         {"name": "beta", "in": "query", "required": False, "schema": {"type": "string"}, "description": "sent by the SDKs' beta clients; ignored"}
     ]
-    for path in ("/", "/health", "/openapi.json"):
+    paths["/"]["get"]["responses"]["200"]["content"]["text/html"] = {"schema": _STR}  # a browser gets the web page
+    paths[HISTORY_PATH]["get"]["parameters"] = [
+        {"name": "since", "in": "query", "required": False, "schema": {"type": "number"}, "description": "only the samples after this Unix time"}
+    ]
+    for path in ("/", "/health", "/openapi.json", *ASSETS):
         paths[path]["get"]["security"] = open_access
     return paths
 

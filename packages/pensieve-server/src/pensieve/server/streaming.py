@@ -23,6 +23,7 @@ from aiohttp import web
 from pensieve.engine import Generation
 from pensieve.models import Finished, GenerationEvent
 from pensieve.server.keys import FINISHED, REQUEST_ID, SETTINGS
+from pensieve.server.observe import OBSERVER
 from pensieve.utils.logging import logger
 
 KEEPALIVE_S = 10.0
@@ -45,11 +46,13 @@ async def watched(
     A watcher task checks the connection a few times a second, so the token path itself stays a
     plain `async for` (no task per token). The final `Finished` event (usage and timings) is
     also kept as `request[FINISHED]`, where the observing middleware reads it for the
-    request log line and the metrics, for both APIs.
+    request log line and the metrics, for both APIs; the generation itself goes to the
+    observer, whose live view (the web page's requests in flight) counts its tokens.
     """
     loop = asyncio.get_running_loop()
     last = loop.time()
     gone = False
+    request.app[OBSERVER].attach(request.get(REQUEST_ID, ""), generation)
 
     async def watch() -> None:
         nonlocal gone

@@ -23,6 +23,7 @@ from pensieve.server.errors import is_openai_request
 from pensieve.server.keys import PROVIDER, SETTINGS, STARTED_AT
 from pensieve.server.middleware import QUIET_PATHS
 from pensieve.server.observe import OBSERVER
+from pensieve.server.web_page import page, wants_page
 from pensieve.utils import NotFoundError
 
 routes = web.RouteTableDef()
@@ -30,7 +31,11 @@ routes = web.RouteTableDef()
 
 @routes.get("/")  # aiohttp answers HEAD for every GET route; Claude Code probes HEAD /
 async def root(request: web.Request) -> web.Response:
-    return web.json_response({"name": "pensieve", "status": "ok", "docs": "/health, /v1/messages, /v1/chat/completions"})
+    """The web page for a browser (unless server.web_ui is off); JSON for every other client."""
+    if wants_page(request):
+        return page()
+    body = {"name": "pensieve", "status": "ok", "docs": "/health, /v1/messages, /v1/chat/completions"}
+    return web.json_response(body, headers={"Vary": "Accept"})
 
 
 def readiness(models: list[ModelStatus], default: str, preload: bool) -> str:

@@ -55,6 +55,9 @@ class ServerSettings(_Section):
     write_timeout_s: float = Field(60.0, gt=0)
     """A streaming client that accepts no data for this many seconds is dropped and its
     generation cancelled, so a client that stops reading cannot hold a batch slot."""
+    web_ui: bool = True
+    """Serve the web page at / (status, plots, a chat playground) and its history endpoint,
+    /v1/pensieve/history; false leaves / answering JSON only. Read at start."""
 
 
 class ModelSettings(_Section):
