@@ -46,7 +46,10 @@ class ModelStatus:
     state: ModelState
     quantization: str | None = None
     context_length: int | None = None
-    """The window requests get: the plan's when loaded, else the model's own (or the configured one)."""
+    """The window one conversation gets on this machine's budget (the model's own if it fits)."""
+    concurrent_context_length: int | None = None
+    """The window each of `performance.max_concurrent_requests` conversations could have at once."""
+    kv_cache_bits: int | None = None
     size_bytes: int | None = None
     estimated_bytes: int | None = None
     weight_bytes: int | None = None
