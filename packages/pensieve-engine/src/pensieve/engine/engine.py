@@ -31,6 +31,7 @@ from pensieve.models import (
     Finished,
     GenerationEvent,
     GenerationFailed,
+    KVStatus,
     StopReason,
     Usage,
 )
@@ -90,7 +91,7 @@ class Engine:
         self.sampler_for: Callable[[ChatRequest], Sampler | None] = lambda r: make_sampler(r.sampling)
         """Builds each request's sampler; replaceable so a test can force the output tokens
         while every forward pass, parse and encode stays real."""
-        kv_bits = config.kv_bits if config.kv_bits and supports_quantized_kv(model) else None
+        self._kv_bits = kv_bits = config.kv_bits if config.kv_bits and supports_quantized_kv(model) else None
         if config.kv_bits and kv_bits is None:
             logger.warning("{}: its head size does not hold whole groups of {}; the KV cache stays unquantized", name, GROUP_SIZE)
         self._heads = getattr(getattr(model, "args", None), "num_attention_heads", 1) or 1
@@ -123,6 +124,19 @@ class Engine:
         pairs = cap / (self._heads * SCORE_BYTES)
         n = int((math.sqrt(cached * cached + 4 * pairs) - cached) / 2)
         return max(MIN_PREFILL_CHUNK, min(step, n))
+
+    def kv_status(self) -> KVStatus | None:
+        """The engine's KV memory now; None when it admits by slots only."""
+        scheduler = self._scheduler
+        if scheduler.budget is None:
+            return None
+        return KVStatus(
+            capacity_bytes=scheduler.budget.capacity,
+            sequences_bytes=scheduler.held_bytes if scheduler.active else 0,
+            prefix_cache_bytes=scheduler.prefix_bytes,
+            preemptions=scheduler.preemptions,
+            kv_cache_bits=self._kv_bits,
+        )
 
     def set_kv_capacity(self, capacity: int) -> None:
         """The pool's share of KV memory for this engine changed (another model (un)loaded)."""

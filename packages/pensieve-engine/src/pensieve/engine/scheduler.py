@@ -136,6 +136,9 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closing = False
         self._idle_since = time.monotonic()
+        self.preemptions = 0
+        self.held_bytes = 0
+        """What the running sequences held at the last step (for status; compute thread writes)."""
         self._thread = threading.Thread(target=self._run, name=f"pensieve-compute-{name}", daemon=True)
         self._ready = threading.Event()
         self._thread.start()
@@ -148,6 +151,10 @@ class Scheduler:
     @property
     def pending(self) -> int:
         return len(self._inbox) + len(self._waiting)
+
+    @property
+    def prefix_bytes(self) -> int:
+        return self._prefix.nbytes if self._prefix is not None else 0
 
     def submit(self, job: Job) -> None:
         with self._wake:
@@ -325,6 +332,7 @@ class Scheduler:
         """Keep the next step within the budget: shrink the prefix cache, then preempt."""
         if self.budget is None:
             return
+        self.held_bytes = self.budget.held(self._occupancy())
         held = self._prefix.nbytes if self._prefix is not None else 0
         over = self.budget.overrun(self._occupancy(), held)
         if over and self._prefix is not None:
@@ -349,6 +357,7 @@ class Scheduler:
             cache, tokens = generator.remove([uid], return_prompt_caches=True)[uid]
             self._keep_prefix(tokens, cache)
         job.preempted += 1
+        self.preemptions += 1
         self._waiting.appendleft(job)
         logger.info("{}: memory is short; paused the newest sequence at {} tokens until there is room",
                     self._name, len(job.history))  # fmt: skip

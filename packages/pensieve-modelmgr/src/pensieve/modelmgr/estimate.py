@@ -107,7 +107,7 @@ def activation_bytes(facts: ModelFacts, prefill_step: int, scores_cap: int | Non
     moe = facts.text_config("moe_intermediate_size") or 0
     intermediate = moe * experts if moe and experts else facts.text_config("intermediate_size", 0) or 4 * hidden
     hidden_states = prefill_step * (2 * intermediate + 4 * hidden) * facts.activation_bytes
-    logits = 2 * LAST_PASS_TOKENS * vocab * 4  # float32 logits and their log-softmax
+    logits = LAST_PASS_TOKENS * vocab * facts.activation_bytes  # the last pass's logits, all positions
     return hidden_states + logits + (scores_cap or 0)
 
 

@@ -320,6 +320,7 @@ class ModelPool:
                 warmup_seconds=round(served.warmup_seconds, 3),
                 idle_seconds=round(time.monotonic() - served.last_used, 1),
                 load=served.engine.load,
+                kv=served.engine.kv_status(),
             )
         return replace(status, error=served.error) if served.error else status
 

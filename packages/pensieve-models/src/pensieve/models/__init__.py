@@ -15,7 +15,7 @@ from pensieve.models.internal import (
     ToolSpec,
     Usage,
 )
-from pensieve.models.status import EngineLoad, MemoryReport, ModelState, ModelStatus
+from pensieve.models.status import EngineLoad, KVStatus, MemoryReport, ModelState, ModelStatus
 
 __all__ = [
     "ChatMessage",
@@ -24,6 +24,7 @@ __all__ = [
     "Finished",
     "GenerationEvent",
     "GenerationFailed",
+    "KVStatus",
     "MemoryReport",
     "ModelState",
     "ModelStatus",

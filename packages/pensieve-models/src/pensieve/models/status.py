@@ -38,6 +38,20 @@ class EngineLoad:
 
 
 @dataclass(frozen=True, slots=True)
+class KVStatus:
+    """A loaded model's KV memory: its share of the budget and who holds it."""
+
+    capacity_bytes: int
+    sequences_bytes: int
+    """Held by the sequences running now."""
+    prefix_cache_bytes: int
+    """Held by cached prefixes (given back first when a live request needs room)."""
+    preemptions: int
+    """Sequences paused for memory and resumed later, since the model loaded."""
+    kv_cache_bits: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatus:
     """One servable model: its source and, once loaded, what it got."""
 
@@ -58,6 +72,7 @@ class ModelStatus:
     warmup_seconds: float | None = None
     idle_seconds: float | None = None
     load: EngineLoad | None = None
+    kv: KVStatus | None = None
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pensieve.server.observe import RequestSummary
@@ -40,13 +40,15 @@ class _ProviderCollector(Collector):
     def __init__(self, provider: ModelProvider) -> None:
         self.provider = provider
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         models = self.provider.status()
         queue = GaugeMetricFamily("pensieve_queue_depth", "Requests waiting for a batch slot", labels=["model"])
         active = GaugeMetricFamily("pensieve_active_sequences", "Sequences being decoded", labels=["model"])
         load = GaugeMetricFamily("pensieve_model_load_seconds", "Seconds the last load of a model took", labels=["model"])
         weights = GaugeMetricFamily("pensieve_model_weight_bytes", "Bytes of a loaded model's weights", labels=["model"])
         state = GaugeMetricFamily("pensieve_model_state", "1 for each model's current state", labels=["model", "state"])
+        kv = GaugeMetricFamily("pensieve_kv_bytes", "A loaded model's KV memory: its capacity and who holds it", labels=["model", "kind"])
+        preempted = CounterMetricFamily("pensieve_preemptions", "Sequences paused for memory and resumed later", labels=["model"])
         for model in models:
             state.add_metric([model.name, model.state], 1)
             if model.load is not None:
@@ -56,7 +58,12 @@ class _ProviderCollector(Collector):
                 load.add_metric([model.name], model.load_seconds)
             if model.weight_bytes is not None:
                 weights.add_metric([model.name], model.weight_bytes)
-        yield from (queue, active, load, weights, state)
+            if model.kv is not None:
+                kv.add_metric([model.name, "capacity"], model.kv.capacity_bytes)
+                kv.add_metric([model.name, "sequences"], model.kv.sequences_bytes)
+                kv.add_metric([model.name, "prefix_cache"], model.kv.prefix_cache_bytes)
+                preempted.add_metric([model.name], model.kv.preemptions)
+        yield from (queue, active, load, weights, state, kv, preempted)
         memory = GaugeMetricFamily("pensieve_mlx_memory_bytes", "MLX allocator memory", labels=["kind"])
         for key, value in self.provider.memory().as_dict().items():
             memory.add_metric([key.removesuffix("_bytes")], value)
