@@ -92,7 +92,7 @@ class SchedulerConfig:
     prefill_chunk: Callable[[int], int] | None = None
     """Prompt tokens per prefill pass on top of a cache of the given length (default: the step size)."""
     prefix_cache_bytes: int = 0
-    prefix_cache_entries: int = 16
+    prefix_cache_entries: int = 8
     kv_bits: int | None = None
     idle_release_s: float = 0.0
     """Idle this long, drop the prefix cache and MLX's buffer cache (0: never)."""
@@ -136,6 +136,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closing = False
         self._idle_since = time.monotonic()
+        self._idle_cleared = True
         self.preemptions = 0
         self.held_bytes = 0
         """What the running sequences held at the last step (for status; compute thread writes)."""
@@ -207,14 +208,23 @@ class Scheduler:
                 generator.close()
                 generator = self._new_generator()
             self._idle_since = time.monotonic()
+            self._idle_cleared = False
         for job in [*self._jobs(), *self._retry, *self._waiting]:
             job.end(FinishReason.CANCELLED)
         self._release_all(generator)
 
     def _wait_idle(self) -> None:
-        """Wait for work; once idle long enough, give the cached memory back to the machine."""
+        """Wait for work; once idle long enough, give the cached memory back to the machine.
+
+        Going idle at all frees MLX's buffer cache (buffers kept for reuse, which otherwise
+        grow with every new sequence length until the cache limit, held by an idle server);
+        after `idle_release_s` the prefix cache goes too.
+        """
         release = self._config.idle_release_s
         idle = time.monotonic() - self._idle_since
+        if not self._idle_cleared:
+            mx.clear_cache()
+            self._idle_cleared = True
         if release <= 0 or idle >= release:
             self._wake.wait()
             return
