@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pensieve.engine.channel import FinishReason, Message, SequenceEnd, Signal
+from pensieve.engine.channel import Admitted, FinishReason, Message, SequenceEnd, Signal
+from pensieve.engine.disk_cache import DiskPrefixStore
 from pensieve.engine.output import OutputParser
+from pensieve.engine.prefix_policy import lasting_prefix
 from pensieve.engine.prompt import RenderedPrompt, render_prompt
 from pensieve.engine.sampling import Sampler, make_sampler
 from pensieve.engine.scheduler import Job, Scheduler
@@ -28,6 +30,8 @@ from pensieve.models import (
     Finished,
     GenerationEvent,
     GenerationFailed,
+    PrefixCacheStats,
+    Started,
     StopReason,
     Usage,
 )
@@ -57,12 +61,15 @@ class Engine:
         context_length: int,
         config: EngineConfig = EngineConfig(),
         batch_model: Any = None,
+        disk: DiskPrefixStore | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.context_length = context_length
         self.config = config
+        self.disk = disk
+        """The prefix cache's disk tier, when it is on (it needs the memory tier above it)."""
         self._inflight = 0
         self._encoder = PieceEncoder(tokenizer)
         self.sampler_for: Callable[[ChatRequest], Sampler | None] = lambda r: make_sampler(r.sampling)
@@ -76,6 +83,7 @@ class Engine:
             prefix_cache_bytes=config.prefix_cache_bytes,
             name=name,
             batch_model=batch_model,
+            prefix_lower=disk,
         )
 
     # -- prompts ----------------------------------------------------------------------------
@@ -94,10 +102,23 @@ class Engine:
             raise PromptTooLongError(len(rendered.tokens), self.context_length)
         return rendered
 
+    def _prepare_with_lasting(self, request: ChatRequest) -> tuple[RenderedPrompt, int]:
+        """The prompt, and how much of it is worth keeping on disk after the request (0: none)."""
+        rendered = self.prepare(request)
+        if self.disk is None or len(rendered.tokens) < self.disk.min_tokens:
+            return rendered, 0
+        return rendered, lasting_prefix(self.tokenizer, request, rendered, self._encoder.encode)
+
     def count_tokens(self, request: ChatRequest) -> int:
         return len(render_prompt(self.tokenizer, request, self._encoder.encode).tokens)
 
     # -- generation -------------------------------------------------------------------------
+
+    @property
+    def prefix_cache(self) -> PrefixCacheStats | None:
+        """Hits, misses and what each tier holds; None when the prefix cache is off."""
+        cache = self._scheduler.prefix_cache
+        return cache.stats() if cache is not None else None
 
     @property
     def load(self) -> EngineLoad:
@@ -124,9 +145,9 @@ class Engine:
         try:
             profile = RequestProfile()
             start = time.perf_counter()
-            rendered = await asyncio.to_thread(self.prepare, request)
+            rendered, lasting = await asyncio.to_thread(self._prepare_with_lasting, request)
             profile.add("tokenize", time.perf_counter() - start)
-            yield Generation(self, request, rendered, profile)
+            yield Generation(self, request, rendered, profile, lasting=lasting)
         finally:
             self._inflight -= 1
 
@@ -181,7 +202,13 @@ class Generation:
     """
 
     def __init__(
-        self, engine: Engine, request: ChatRequest, rendered: RenderedPrompt, profile: RequestProfile | None = None
+        self,
+        engine: Engine,
+        request: ChatRequest,
+        rendered: RenderedPrompt,
+        profile: RequestProfile | None = None,
+        *,
+        lasting: int = 0,
     ) -> None:
         self.engine = engine
         self.request = request
@@ -189,6 +216,8 @@ class Generation:
         self.profile = profile or RequestProfile()
         self.produced = 0
         """Tokens generated so far: read by the server's live view of requests in flight."""
+        self.lasting = lasting
+        """Leading prompt tokens worth keeping after the request (`prefix_policy`)."""
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
 
     def nudge(self) -> None:
@@ -213,6 +242,7 @@ class Generation:
             loop=asyncio.get_running_loop(),
             sink=queue.put_nowait,
             sampler=engine.sampler_for(request),
+            persist=self.lasting,
         )
         parser = OutputParser.for_prompt(engine.tokenizer, rendered, request)
         detok = copy.copy(engine.tokenizer.detokenizer)
@@ -236,6 +266,9 @@ class Generation:
                     return
                 if isinstance(message, Signal):  # NUDGE
                     yield None
+                    continue
+                if isinstance(message, Admitted):
+                    yield Started(Usage(input_tokens=len(prompt), cache_read_input_tokens=message.cached))
                     continue
                 if isinstance(message, SequenceEnd) and message.reason is FinishReason.ERROR:
                     logger.opt(exception=message.error).error("generation failed for {}", request.request_id)

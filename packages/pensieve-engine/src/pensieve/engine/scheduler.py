@@ -28,8 +28,8 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import trim_prompt_cache
 
-from pensieve.engine.channel import FinishReason, Output, SequenceEnd, Sink, TokenOut
-from pensieve.engine.prefix_cache import PrefixCache
+from pensieve.engine.channel import Admitted, FinishReason, Output, SequenceEnd, Sink, TokenOut
+from pensieve.engine.prefix_cache import LowerTier, PrefixCache
 from pensieve.engine.solo import SoloSequence
 from pensieve.utils.logging import logger
 
@@ -45,6 +45,8 @@ class Job:
     sampler: Any = None
     cached: int = 0
     """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
+    persist: int = 0
+    """Leading prompt tokens worth keeping past this request (the prefix cache's lower tier)."""
     history: list[int] = field(default_factory=list)
     """Prompt plus generated tokens (compute thread only)."""
     enqueued_at: float = field(default_factory=time.perf_counter)
@@ -58,6 +60,9 @@ class Job:
     @property
     def remaining(self) -> int:
         return self.max_tokens - (len(self.history) - len(self.prompt))
+
+    def admitted(self) -> None:
+        self._send(Admitted(self.cached))
 
     def emit(self, token: int) -> None:
         self._send(TokenOut(token))
@@ -85,6 +90,7 @@ class Scheduler:
         prefix_cache_bytes: int = 0,
         name: str = "model",
         batch_model: Any = None,
+        prefix_lower: LowerTier | None = None,
     ) -> None:
         self._model = model
         self._batch_model = batch_model if batch_model is not None else model
@@ -96,7 +102,7 @@ class Scheduler:
         self._name = name
         # Multi-turn chats and agent sessions re-send a long identical prefix, so only the new
         # tokens are prefilled. Touched on the compute thread only.
-        self._prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self._prefix = PrefixCache(prefix_cache_bytes, lower=prefix_lower) if prefix_cache_bytes > 0 else None
         self._inbox: list[Job] = []
         self._solo: tuple[Job, SoloSequence] | None = None
         self._batch: dict[int, Job] = {}
@@ -116,6 +122,11 @@ class Scheduler:
     @property
     def pending(self) -> int:
         return len(self._inbox)
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """Read its `stats()` from any thread; everything else is the compute thread's."""
+        return self._prefix
 
     def submit(self, job: Job) -> None:
         with self._wake:
@@ -147,6 +158,8 @@ class Scheduler:
     def _run(self) -> None:
         generator = self._new_generator()
         self._ready.set()
+        if self._prefix is not None:
+            self._prefix.warm()  # before any request: the first one after a restart is a hit
         while True:
             with self._wake:
                 while not (self._inbox or self._batch or self._solo or self._retry or self._closing):
@@ -187,7 +200,7 @@ class Scheduler:
         self._retry.clear()
         generator.close()
         if self._prefix is not None:
-            self._prefix.clear()
+            self._prefix.close()
         mx.synchronize()
         mx.clear_cache()
 
@@ -231,10 +244,11 @@ class Scheduler:
             return None, prompt
         return self._prefix.fetch(prompt)
 
-    def _keep_prefix(self, tokens: list[int], cache: list[Any] | None) -> None:
-        """A finished or stopped sequence leaves its KV cache for the conversation's next turn."""
+    def _keep_prefix(self, tokens: list[int], cache: list[Any] | None, persist: int = 0) -> None:
+        """A finished or stopped sequence leaves its KV cache for the conversation's next turn,
+        and its lasting prefix to the lower tier."""
         if self._prefix is not None and tokens and cache:
-            self._prefix.insert(list(tokens), cache)
+            self._prefix.insert(list(tokens), cache, persist)
 
     def _admit(self, generator: BatchGenerator, inbox: list[Job]) -> None:
         if not inbox:
@@ -247,6 +261,7 @@ class Scheduler:
             job = inbox[0]
             cache, rest = self._cached_prefix(job.prompt)
             job.cached = len(job.prompt) - len(rest)
+            job.admitted()
             self._solo = (job, self._solo_for(job, cache, rest))
             return
         if self._solo is not None:
@@ -257,6 +272,7 @@ class Scheduler:
         for job in inbox:
             cache, rest = self._cached_prefix(job.prompt)
             job.cached = len(job.prompt) - len(rest)
+            job.admitted()
             self._insert(generator, job, cache, rest)
 
     def _solo_for(self, job: Job, cache: list[Any] | None, to_feed: list[int]) -> SoloSequence:
@@ -298,8 +314,9 @@ class Scheduler:
             self._release_solo().end(FinishReason.CANCELLED)
         gone = [uid for uid, job in self._batch.items() if job.cancelled]
         if gone:
-            for cache, tokens in generator.remove(gone, return_prompt_caches=self._prefix is not None).values():
-                self._keep_prefix(tokens, cache)
+            kept = generator.remove(gone, return_prompt_caches=self._prefix is not None)
+            for uid, (cache, tokens) in kept.items():
+                self._keep_prefix(tokens, cache, self._batch[uid].persist)
             for uid in gone:
                 self._batch.pop(uid).end(FinishReason.CANCELLED)
 
@@ -329,7 +346,7 @@ class Scheduler:
         """
         job, solo = self._solo  # type: ignore[misc]
         cache, _ = solo.detach()
-        self._keep_prefix(job.history[: solo.fed], cache)
+        self._keep_prefix(job.history[: solo.fed], cache, job.persist)
         del solo, cache
         self._solo = None
         return job
@@ -348,7 +365,7 @@ class Scheduler:
                 job.emit(r.token)
                 continue
             job.finished = True
-            self._keep_prefix(r.all_tokens, r.prompt_cache)
+            self._keep_prefix(r.all_tokens, r.prompt_cache, job.persist)
             reason = FinishReason(r.finish_reason)
             # A stop token ends the sequence and is not part of the answer.
             ended.append((r.uid, None if reason is FinishReason.STOP else r.token, reason))

@@ -27,19 +27,22 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from pensieve.engine import Engine, EngineConfig
+from pensieve.engine.disk_cache import DiskPrefixStore
 from pensieve.metal import device_info, memory_stats
 from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model, unpacked_copy
 from pensieve.modelmgr.catalog import budget_bytes, describe_source, prefix_cache_bytes, servable
 from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, source_signature
+from pensieve.modelmgr.fingerprint import model_identity
 from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
-from pensieve.models import MemoryReport, ModelState, ModelStatus
+from pensieve.models import DiskCacheReport, MemoryReport, ModelState, ModelStatus
 from pensieve.utils import ModelLoadError, NotFoundError, OverloadedError, PensieveError, Settings
 from pensieve.utils.blas import openblas_loaded
 from pensieve.utils.logging import logger
 from pensieve.utils.paths import model_store_dir
+from pensieve.utils.prefix_folder import usage as folder_usage
 
 T = TypeVar("T")
 
@@ -179,6 +182,7 @@ class ModelPool:
                 context_length=min(estimate.context_length, loaded.context_length),
                 config=self.engine_config,
                 batch_model=loaded.batch_model,
+                disk=await self._off_loop(self._disk_store, loaded),
             )
             if self.settings.performance.warmup:
                 served.warmup_seconds = await engine.warmup()
@@ -216,6 +220,23 @@ class ModelPool:
         loaded.weight_bytes = sum(v.nbytes for m in models for _, v in tree_flatten(m.parameters()))
         logger.info("{}: weights {} on the {} backend ({:.0f} MB)",
                     loaded.source.name, loaded.layout, backend, loaded.weight_bytes / 1e6)  # fmt: skip
+
+    def _disk_store(self, loaded: LoadedModel) -> DiskPrefixStore | None:
+        """The model's share of the prefix cache's disk tier; None when it is off or unusable."""
+        perf = self.settings.performance
+        if perf.prefix_cache_disk_gb <= 0 or self.engine_config.prefix_cache_bytes <= 0:
+            return None
+        try:
+            return DiskPrefixStore(
+                perf.prefix_cache_path,
+                int(perf.prefix_cache_disk_gb * 1024**3),
+                model=model_identity(loaded.source.path, loaded.layout),
+                name=loaded.source.name,
+            )
+        except OSError as exc:
+            logger.warning("prefix cache: cannot use {} ({}); {}'s prefixes are kept in memory only. "
+                           "Check performance.prefix_cache_dir", perf.prefix_cache_path, exc, loaded.source.name)  # fmt: skip
+            return None
 
     async def _make_room(self, served: ServedModel, need: int) -> None:
         """Unload idle models, least recently used first, until `need` more bytes fit."""
@@ -293,11 +314,20 @@ class ModelPool:
                 warmup_seconds=round(served.warmup_seconds, 3),
                 idle_seconds=round(time.monotonic() - served.last_used, 1),
                 load=served.engine.load,
+                prefix_cache=served.engine.prefix_cache,
             )
         return replace(status, error=served.error) if served.error else status
 
     def loaded_engines(self) -> list[Engine]:
         return [m.engine for m in self._models.values() if m.engine is not None]
+
+    def disk_cache(self) -> DiskCacheReport | None:
+        """The prefix cache's disk tier as a whole (every model's files); None when it is off."""
+        perf = self.settings.performance
+        if perf.prefix_cache_disk_gb <= 0:
+            return None
+        files, nbytes = folder_usage(perf.prefix_cache_path)
+        return DiskCacheReport(str(perf.prefix_cache_path), nbytes, files, int(perf.prefix_cache_disk_gb * 1024**3))
 
     def memory(self) -> MemoryReport:
         reserved = sum(m.estimate.total for m in self._models.values() if m.estimate is not None)

@@ -7,6 +7,7 @@ from pensieve.models.internal import (
     GenerationEvent,
     GenerationFailed,
     SamplingParams,
+    Started,
     StopReason,
     TextDelta,
     ThinkingDelta,
@@ -15,10 +16,20 @@ from pensieve.models.internal import (
     ToolSpec,
     Usage,
 )
-from pensieve.models.status import EngineLoad, MemoryReport, ModelState, ModelStatus
+from pensieve.models.status import (
+    CacheTier,
+    DiskCacheReport,
+    EngineLoad,
+    MemoryReport,
+    ModelState,
+    ModelStatus,
+    PrefixCacheStats,
+)
 
 __all__ = [
+    "CacheTier",
     "ChatMessage",
+    "DiskCacheReport",
     "EngineLoad",
     "ChatRequest",
     "Finished",
@@ -27,7 +38,9 @@ __all__ = [
     "MemoryReport",
     "ModelState",
     "ModelStatus",
+    "PrefixCacheStats",
     "SamplingParams",
+    "Started",
     "StopReason",
     "TextDelta",
     "ThinkingDelta",

@@ -21,9 +21,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pensieve.models import ModelStatus
 from pensieve.server.observe import RequestSummary
 from pensieve.server.protocols import ModelProvider
 
@@ -40,7 +41,7 @@ class _ProviderCollector(Collector):
     def __init__(self, provider: ModelProvider) -> None:
         self.provider = provider
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         models = self.provider.status()
         queue = GaugeMetricFamily("pensieve_queue_depth", "Requests waiting for a batch slot", labels=["model"])
         active = GaugeMetricFamily("pensieve_active_sequences", "Sequences being decoded", labels=["model"])
@@ -57,10 +58,38 @@ class _ProviderCollector(Collector):
             if model.weight_bytes is not None:
                 weights.add_metric([model.name], model.weight_bytes)
         yield from (queue, active, load, weights, state)
+        yield from _prefix_cache_families(models)
         memory = GaugeMetricFamily("pensieve_mlx_memory_bytes", "MLX allocator memory", labels=["kind"])
         for key, value in self.provider.memory().as_dict().items():
             memory.add_metric([key.removesuffix("_bytes")], value)
         yield memory
+        disk = self.provider.disk_cache()
+        if disk is not None:
+            yield GaugeMetricFamily(
+                "pensieve_prefix_cache_disk_total_bytes", "Bytes of every model's prefixes in the disk tier's folder", value=disk.bytes
+            )
+
+
+def _prefix_cache_families(models: list[ModelStatus]) -> list[GaugeMetricFamily | CounterMetricFamily]:
+    """Per model and tier (`memory`, `disk`): lookups served, lookups not served, bytes held.
+
+    A lookup goes to disk only when memory missed, so a tier's hits over its lookups is its own
+    hit rate. The counters restart when a model is reloaded, as Prometheus counters may.
+    """
+    labels = ["model", "tier"]
+    hits = CounterMetricFamily("pensieve_prefix_cache_hits", "Prompts whose prefix a tier served", labels=labels)
+    misses = CounterMetricFamily("pensieve_prefix_cache_misses", "Prompts a tier was asked for and could not serve", labels=labels)
+    held = GaugeMetricFamily("pensieve_prefix_cache_bytes", "Bytes of KV cache a tier holds for a model", labels=labels)
+    for model in models:
+        stats = model.prefix_cache
+        if stats is None:
+            continue
+        for tier, figures in (("memory", stats.memory), ("disk", stats.disk)):
+            if figures is not None:
+                hits.add_metric([model.name, tier], figures.hits)
+                misses.add_metric([model.name, tier], figures.misses)
+                held.add_metric([model.name, tier], figures.bytes)
+    return [hits, misses, held]
 
 
 class Metrics:
