@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, load_prompt_cache, save_prompt_cache
 from safetensors import SafetensorError, safe_open
 
@@ -102,17 +102,11 @@ def compact(cache: list[Any], n: int) -> list[Any]:
 
     out = []
     for layer in cache:
-        keys, values, *rest = layer.state
-        state = (_map(cut, keys), _map(cut, values), *rest)
-        part = type(layer).from_state(state)
+        part = type(layer).from_state(tree_map(cut, layer.state))
         part.offset = n
         out.append(part)
     mx.eval([layer.state for layer in out])
     return out
-
-
-def _map(fn: Any, value: Any) -> Any:
-    return tuple(fn(v) for v in value) if isinstance(value, tuple) else fn(value)
 
 
 def checksum(cache: list[Any]) -> int:
