@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,7 @@ import pytest
 from pensieve.engine import disk_files
 from pensieve.modelmgr.synthetic import make_random_model
 from pensieve.utils.logging import logger
-from tests.support import API_KEY, ServerThread, make_settings
+from tests.support import API_KEY, CliServer, ServerThread, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -164,3 +169,70 @@ def test_a_full_disk_is_a_warning_and_the_request_succeeds(tiny_model_dir: Path,
     assert answer.stop_reason in ("end_turn", "max_tokens") and answer.usage.output_tokens > 0
     assert any("prefix cache: could not write" in w and "No space left on device" in w for w in warnings_logged), warnings_logged
     assert not prefix_files(tmp_path)
+
+
+def session(server: CliServer, topic: int, question: str) -> anthropic.types.Message:
+    """A request whose system prompt (about 2k tokens) is `topic`'s own."""
+    client = anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY, max_retries=0)
+    system = " ".join(f"Topic {topic}, rule {i}: keep part {i % 89} small." for i in range(150))
+    return client.messages.create(
+        model="claude-opus-4-8", max_tokens=4, system=system, messages=[{"role": "user", "content": question}]
+    )
+
+
+def pensieve_cli(*args: str, env: dict[str, str]) -> str:
+    result = subprocess.run([sys.executable, "-m", "pensieve.cli", *args], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert result.returncode in (0, 1), result.stderr
+    return result.stdout
+
+
+def test_two_servers_share_one_folder_without_harming_each_others_files(tiny_model_dir: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared-prefixes"
+    bound_gb = 3.5 * 1024**2 / 1024**3  # about three 2k-token prefixes of the tiny model
+    env = {"PENSIEVE_PERFORMANCE_PREFIX_CACHE_DIR": str(shared), "PENSIEVE_PERFORMANCE_PREFIX_CACHE_DISK_GB": str(bound_gb),
+           "PENSIEVE_PERFORMANCE_WARMUP": "false"}  # fmt: skip
+    a = CliServer(tmp_path / "a", "--model", str(tiny_model_dir), env=env).start()
+    b = CliServer(tmp_path / "b", "--model", str(tiny_model_dir), env=env).start()
+    try:
+        first = session(a, 1, "Where do I start?")
+        wait_for(lambda: len(list(shared.glob("*.safetensors"))) == 1)
+        # B never saw topic 1: its memory misses and A's file serves it.
+        other = session(b, 1, "What comes after that?")
+        assert other.usage.cache_read_input_tokens >= 0.9 * first.usage.input_tokens
+        assert 'pensieve_prefix_cache_hits_total{model="tiny-llama",tier="disk"} 1.0' in metrics(b)
+
+        # Both write at once, the same prefix among others, past the bound: evictions race.
+        jobs = [(a, 2), (a, 3), (a, 6), (b, 4), (b, 5), (b, 6)]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            answers = list(pool.map(lambda job: session(job[0], job[1], "Go on."), jobs))
+        assert all(m.usage.output_tokens > 0 for m in answers)
+        time.sleep(0.5)  # each writer finishes its file after the response
+        wait_for(lambda: not list(shared.glob(".*.tmp")))
+        files = list(shared.glob("*.safetensors"))
+        assert sum(p.stat().st_size for p in files) <= bound_gb * 1024**3
+        for path in files:  # whatever is left is whole and checks out
+            disk_files.read(disk_files.read_header(path))
+        assert not list(shared.glob(".*.tmp"))
+
+        status = pensieve_cli("status", env={"PENSIEVE_HOME": str(a.home)})
+        assert re.search(rf"cache: .* of prompt prefixes on disk in {len(files)} files", status), status
+        cleared = pensieve_cli("cache", "clear", env={"PENSIEVE_HOME": str(a.home), **env})
+        assert f"Removed {len(files)} prefix files" in cleared and not list(shared.glob("*.safetensors"))
+        # B never held topic 2 in memory, and the files its index knew are gone: a miss, not an error.
+        assert session(b, 2, "Still there?").usage.cache_read_input_tokens == 0
+    finally:
+        a.stop()
+        b.stop()
+
+
+def wait_for(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def metrics(server: CliServer) -> str:
+    request = urllib.request.Request(f"{server.base_url}/metrics", headers={"x-api-key": API_KEY})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read().decode()
