@@ -216,6 +216,7 @@ def test_two_servers_share_one_folder_without_harming_each_others_files(tiny_mod
 
         status = pensieve_cli("status", env={"PENSIEVE_HOME": str(a.home)})
         assert re.search(rf"cache: .* of prompt prefixes on disk in {len(files)} files", status), status
+        assert f"{shared}: {len(files)} prefix files" in pensieve_cli("cache", "show", env={"PENSIEVE_HOME": str(a.home), **env})
         cleared = pensieve_cli("cache", "clear", env={"PENSIEVE_HOME": str(a.home), **env})
         assert f"Removed {len(files)} prefix files" in cleared and not list(shared.glob("*.safetensors"))
         # B never held topic 2 in memory, and the files its index knew are gone: a miss, not an error.
