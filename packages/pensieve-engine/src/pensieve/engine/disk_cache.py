@@ -92,6 +92,8 @@ class DiskPrefixStore:
 
         As in memory, at least one token is left to feed.
         """
+        if len(tokens) <= self.min_tokens:
+            return None
         self._refresh()
         query = np.asarray(tokens, dtype=np.int64)
         best: tuple[int, FileHeader] | None = None
@@ -175,13 +177,6 @@ class DiskPrefixStore:
         """(bytes, files) of this model's prefixes on disk."""
         files = self._index()
         return sum(h.nbytes for h in files), len(files)
-
-    def clear(self) -> int:
-        """Delete this model's files; how many."""
-        removed = 0
-        for header in self._index():
-            removed += self._remove(header.path)
-        return removed
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until queued writes are on disk (or `timeout` passes)."""

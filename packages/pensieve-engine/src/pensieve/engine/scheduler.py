@@ -233,10 +233,14 @@ class Scheduler:
         if job.cancelled:
             job.end(FinishReason.CANCELLED)
             return
-        if not job.history:  # failed before it was admitted
+        admitted = bool(job.history)
+        if not admitted:  # failed before it was admitted
             job.started_at = time.perf_counter()
             job.history = list(job.prompt)
         cache, rest = self._cached_prefix(job.history)
+        if not admitted:
+            job.cached = len(job.prompt) - len(rest)
+            job.admitted()
         self._solo = (job, self._solo_for(job, cache, rest))
 
     def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
