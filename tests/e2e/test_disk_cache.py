@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ import pytest
 
 from pensieve.engine import disk_files
 from pensieve.modelmgr.synthetic import make_random_model
-from pensieve.utils.logging import logger
 from tests.support import API_KEY, CliServer, ServerThread, make_settings
 
 pytestmark = pytest.mark.slow
@@ -69,14 +67,6 @@ def prefix_files(home: Path) -> list[Path]:
 
 
 FIRST = [{"role": "user", "content": "Which module should I tidy first?"}]
-
-
-@pytest.fixture
-def warnings_logged() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
 
 
 def test_after_a_restart_the_shared_prefix_comes_from_disk(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from pensieve.engine import disk_files
 from pensieve.engine.disk_cache import DiskPrefixStore
 from pensieve.engine.prefix_cache import PrefixCache
-from pensieve.utils.logging import logger
 
 MIN = 64
 PROMPT = [(i * 7919) % 40000 + 100 for i in range(600)]
@@ -43,14 +42,6 @@ def prefilled(tiny: Any) -> list[Any]:
     model(mx.array(PROMPT)[None], cache=cache)
     mx.eval([c.state for c in cache])
     return cache
-
-
-@pytest.fixture
-def warnings_logged() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
 
 
 @pytest.fixture

@@ -13,6 +13,10 @@ from pensieve.cli.common import human_bytes, settings_or_exit
 from pensieve.utils import prefix_folder
 from pensieve.utils.pidfile import running_server
 
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="Settings file (default: the usual search)."
+)
+
 
 @click.group()
 def cache() -> None:
@@ -20,31 +24,17 @@ def cache() -> None:
 
 
 @cache.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    help="Settings file (default: the usual search).",
-)
+@config_option
 def show(config_file: str | None) -> None:
     """Where the disk tier is, how much it holds, and its bound."""
     perf = settings_or_exit(config_file).performance
     files, nbytes = prefix_folder.usage(perf.prefix_cache_path)
-    state = (
-        "off (performance.prefix_cache_disk_gb = 0)"
-        if perf.prefix_cache_disk_gb <= 0
-        else f"up to {perf.prefix_cache_disk_gb:g} GB"
-    )
-    click.echo(f"{perf.prefix_cache_path}: {files} prefix files, {human_bytes(nbytes)} ({state})")
+    bound = f"up to {perf.prefix_cache_disk_gb:g} GB" if perf.prefix_cache_disk_gb > 0 else "off: performance.prefix_cache_disk_gb = 0"
+    click.echo(f"{perf.prefix_cache_path}: {files} prefix files, {human_bytes(nbytes)} ({bound})")
 
 
 @cache.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    help="Settings file (default: the usual search).",
-)
+@config_option
 def clear(config_file: str | None) -> None:
     """Delete every prefix kept on disk, for every model."""
     path = settings_or_exit(config_file).performance.prefix_cache_path
@@ -52,6 +42,4 @@ def clear(config_file: str | None) -> None:
     click.echo(f"Removed {files} prefix files ({human_bytes(nbytes)}) from {path}.")
     live, _ = running_server()
     if live is not None:
-        click.echo(
-            f"The running server (PID {live.pid}) keeps the prefixes it holds in memory until it restarts."
-        )
+        click.echo(f"The running server (PID {live.pid}) keeps the prefixes it holds in memory until it restarts.")
