@@ -18,6 +18,10 @@ model and not once per process.
   renamed into place; every server keeps its own index, rereads the folder when it changes, and
   evicts least recently used files (by modification time, touched on use) over the bound. A file
   another server removed is a miss, never an error. A full disk is a warning.
+
+The files are mlx-lm's (see `disk_files`); the index and eviction are written here because a
+disk-cache library (`diskcache`: pickles in SQLite) would add a second format, unpickle what it
+finds, and has no lookup by longest shared token prefix.
 """
 
 from __future__ import annotations
