@@ -13,7 +13,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
-from pensieve.modelmgr.estimate import MIN_CONTEXT, estimate_memory, plan_memory
+from pensieve.modelmgr.estimate import ATTENTION_SCORES_BYTES, MIN_CONTEXT, MemoryPlan, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, model_facts
 from pensieve.modelmgr.gguf import read_gguf, read_gguf_header
 from pensieve.modelmgr.sources import source_from_path
@@ -49,7 +49,7 @@ def test_mlx_folder_facts_match_the_loaded_model(tmp_path: Path, bits: int | Non
     cache = make_prompt_cache(model)
     model(mx.zeros((1, 512), dtype=mx.int32), cache=cache)
     mx.eval([c.state for c in cache])
-    assert sum(c.nbytes for c in cache) == 512 * facts.kv_bytes_per_token
+    assert sum(c.nbytes for c in cache) == facts.kv_cost.bytes(512) == 512 * facts.kv_cost.full
 
 
 def test_model_types_are_looked_up_as_mlx_lm_does(tmp_path: Path, tiny_mlx: Path) -> None:
@@ -71,29 +71,42 @@ def facts(tiny_mlx: Path) -> ModelFacts:
     return model_facts(source_from_path(tiny_mlx))
 
 
-def test_plan_keeps_the_full_window_when_it_fits(facts: ModelFacts) -> None:
-    plan = plan_memory(facts, name="m", budget=2**40, concurrency=5, prefill_step=2048, configured_context=None)
+def _plan(facts: ModelFacts, budget: int, **kwargs) -> MemoryPlan:
+    return plan_memory(facts, name="m", budget=budget, concurrency=5, prefill_step=2048,
+                       configured_context=kwargs.pop("configured_context", None), **kwargs)  # fmt: skip
+
+
+def test_plan_offers_the_full_window_when_one_sequence_fits(facts: ModelFacts) -> None:
+    """Nothing is reserved per slot: one full window beside the weights is enough."""
+    one = _plan(facts, 2**40).fixed + facts.kv_cost.bytes(32768)
+    plan = _plan(facts, one)
     assert plan.context_length == facts.context_length == 32768
-    assert plan.kv_cache == 32768 * 5 * facts.kv_bytes_per_token
-    assert plan.total == plan.weights + plan.kv_cache + plan.overhead
-    cached = estimate_memory(facts, context_length=32768, concurrency=5, prefill_step=2048, prefix_cache_bytes=2**20)
-    assert cached.total == plan.total + 2**20  # the engine's prefix cache counts in full
+    assert plan.reserved == plan.weights + plan.activations + plan.base + 32768 * facts.kv_cost.full <= plan.budget
+    assert plan.window_at(5) < 32768 and plan.window_at(1) == 32768  # five at once each get less
 
 
 def test_plan_shrinks_an_unconfigured_window_to_fit(facts: ModelFacts) -> None:
-    at_4k = estimate_memory(facts, context_length=4096, concurrency=5, prefill_step=2048)
-    plan = plan_memory(facts, name="m", budget=at_4k.total + 100, concurrency=5, prefill_step=2048, configured_context=None)
-    assert plan.context_length == 4096 and plan.total <= at_4k.total + 100
+    budget = _plan(facts, 2**40).fixed + facts.kv_cost.bytes(4096) + 100
+    plan = _plan(facts, budget)
+    assert plan.context_length == 4096 and plan.reserved <= budget
 
 
 def test_plan_refuses_a_configured_window_that_does_not_fit(facts: ModelFacts) -> None:
-    at_4k = estimate_memory(facts, context_length=4096, concurrency=5, prefill_step=2048)
-    with pytest.raises(ModelLoadError, match=r"set model.context_length to 4096 or less") as info:
-        plan_memory(facts, name="m", budget=at_4k.total, concurrency=5, prefill_step=2048, configured_context=16384)
+    budget = _plan(facts, 2**40).fixed + facts.kv_cost.bytes(4096)
+    with pytest.raises(ModelLoadError, match=r"set model.context_length to 4096 or less, or performance.kv_cache_bits") as info:
+        _plan(facts, budget, configured_context=16384)
     assert "more than the memory budget" in info.value.message and "swap" in info.value.message
 
 
 def test_plan_refuses_a_model_too_big_for_the_budget(facts: ModelFacts) -> None:
-    floor = estimate_memory(facts, context_length=MIN_CONTEXT, concurrency=5, prefill_step=2048)
+    floor = _plan(facts, 2**40).fixed + facts.kv_cost.bytes(MIN_CONTEXT)
     with pytest.raises(ModelLoadError, match="smaller or more quantized model"):
-        plan_memory(facts, name="m", budget=floor.total - 1, concurrency=5, prefill_step=2048, configured_context=None)
+        _plan(facts, floor - 1)
+
+
+def test_a_quantized_kv_cache_grows_the_window(facts: ModelFacts) -> None:
+    scores = _plan(facts, 2**40, fused_attention=False).activations - _plan(facts, 2**40).activations
+    assert scores == ATTENTION_SCORES_BYTES  # unfused attention (or a quantized cache) plans for its scores
+    budget = _plan(facts, 2**40, fused_attention=False).fixed + facts.kv_cost.bytes(4096) + 100
+    windows = {bits: _plan(facts, budget, kv_bits=bits, fused_attention=False).context_length for bits in (None, 8, 4)}
+    assert windows[None] == 4096 and windows[8] >= 2 * 4096 * 0.9 and windows[4] >= 2 * windows[8] * 0.9

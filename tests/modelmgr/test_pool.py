@@ -10,7 +10,7 @@ import pytest
 
 from pensieve.modelmgr import ModelPool
 from pensieve.modelmgr import pool as pool_module
-from pensieve.modelmgr.catalog import default_estimate
+from pensieve.modelmgr.catalog import plan_for
 from pensieve.modelmgr.facts import model_facts
 from pensieve.modelmgr.sources import source_from_path
 from pensieve.models import ChatMessage, ChatRequest
@@ -25,7 +25,7 @@ def three(store: Path, tiny_mlx: Path) -> int:
     for name in ("a", "b", "c"):
         add_model(store, name, tiny_mlx)
     settings = make_settings("a", store.parent, performance__prefix_cache_mb=64)
-    return default_estimate(model_facts(source_from_path(store / "a")), settings).total
+    return plan_for(model_facts(source_from_path(store / "a")), settings).reserved
 
 
 def _pool(store: Path, **overrides: Any) -> ModelPool:

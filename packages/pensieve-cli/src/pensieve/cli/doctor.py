@@ -75,6 +75,27 @@ def _model_store(settings: Settings) -> Check:
     return Check("models", "ok", f"{detail}; default model {source.name} ({source.kind})")
 
 
+def _windows(settings: Settings) -> Check:
+    """What the default model can hold on this budget: the question a Claude Code user has."""
+    try:
+        from pensieve.modelmgr.catalog import windows
+        from pensieve.modelmgr.facts import model_facts
+        from pensieve.modelmgr.sources import resolve_source
+
+        source = resolve_source(settings.model.default, model_store_dir(), allow_paths=True)
+        fits = windows(model_facts(source), settings)
+    except PensieveError as exc:
+        return Check("windows", "fail", exc.message)
+    n = settings.performance.max_concurrent_requests
+    parts = [
+        f"{'unquantized' if w.kv_bits is None else f'{w.kv_bits}-bit'} KV "
+        + (f"{w.single} tokens alone, {w.concurrent} each at {n}" if w.single else "does not fit")
+        for w in fits
+    ]
+    level = "ok" if fits[0].single else ("warn" if any(w.single for w in fits) else "fail")
+    return Check("windows", level, f"{source.name}: " + "; ".join(parts))
+
+
 def _port(settings: Settings) -> Check:
     host, port = settings.server.host, settings.server.port
     live, _ = running_server()
@@ -137,6 +158,7 @@ def run_checks(config_file: str | None) -> list[Check]:
         _mlx,
         lambda: _memory(settings),
         lambda: _model_store(settings),
+        lambda: _windows(settings),
         lambda: _port(settings),
         _daemon,
         lambda: _logs(settings),

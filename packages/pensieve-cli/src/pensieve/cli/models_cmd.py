@@ -7,6 +7,7 @@ MLX) is imported inside each command, so that loading the `pensieve` group stays
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,13 +88,14 @@ def list_cmd(as_json: bool, config_file: str | None) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    n = settings.performance.max_concurrent_requests
     columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("NAME", lambda r: r["name"]),
         ("SOURCE", lambda r: r["source"]),
         ("QUANT", lambda r: r.get("quantization", "-")),
-        ("CONTEXT", lambda r: str(r.get("context_length", "-"))),
         ("SIZE", lambda r: _size(r.get("size_bytes"))),
-        ("EST. MEMORY", lambda r: _size(r.get("estimated_bytes"))),
+        ("RESERVES", lambda r: _size(r.get("estimated_bytes"))),
+        *((f"WINDOW {label} KV (1 / x{n})", functools.partial(_window, label=label)) for label in ("unquantized", "8-bit", "4-bit")),
     ]
     table = [[title for title, _ in columns]] + [[cell(r) for _, cell in columns] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
@@ -102,21 +104,37 @@ def list_cmd(as_json: bool, config_file: str | None) -> None:
     for row in rows:
         if "error" in row:
             click.echo(f"\n{row['name']} cannot be served: {row['error']}", err=True)
+    bits = settings.performance.kv_cache_bits
     click.echo(
-        f"\nstore: {model_store_dir()}; estimates assume {settings.performance.max_concurrent_requests}"
-        " concurrent requests at the full context"
+        f"\nstore: {model_store_dir()}. Windows: the longest context one conversation gets on this machine's "
+        f"memory budget, and each of {n} at once, with the KV cache unquantized or "
+        f"quantized (performance.kv_cache_bits, now {bits}). RESERVES: weights, activations and one window of KV."
     )
 
 
+def _window(row: dict[str, Any], label: str) -> str:
+    fits = row.get("windows", {}).get(label)
+    if fits is None:
+        return "-"
+    return f"{fits['single']} / {fits['concurrent']}" if fits["single"] else "does not fit"
+
+
 def _rows(store: ModelStore, settings: Settings) -> list[dict[str, Any]]:
-    from pensieve.modelmgr.catalog import describe_source, servable
+    from pensieve.modelmgr.catalog import describe_source, servable, windows
+    from pensieve.modelmgr.facts import model_facts
 
     rows = []
     for name, found in servable(store):
         if isinstance(found, PensieveError):
             rows.append({"name": name, "source": "store", "error": found.message})
-        else:
-            rows.append(describe_source(found, settings).as_dict())
+            continue
+        row = describe_source(found, settings).as_dict()
+        if "quantization" in row:  # the files could be read
+            row["windows"] = {
+                "unquantized" if w.kv_bits is None else f"{w.kv_bits}-bit": {"single": w.single, "concurrent": w.concurrent}
+                for w in windows(model_facts(found), settings)
+            }
+        rows.append(row)
     return rows
 
 

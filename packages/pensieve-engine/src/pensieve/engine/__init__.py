@@ -1,6 +1,7 @@
 """One loaded model at work: prompt rendering, batching, sampling, streaming, parsing."""
 
 from pensieve.engine.engine import Engine, EngineConfig, Generation
+from pensieve.engine.kv_budget import KVCost, quantized_factor
 from pensieve.engine.prompt import RenderedPrompt, render_prompt
 
-__all__ = ["Engine", "EngineConfig", "Generation", "RenderedPrompt", "render_prompt"]
+__all__ = ["Engine", "EngineConfig", "Generation", "KVCost", "RenderedPrompt", "quantized_factor", "render_prompt"]

@@ -32,6 +32,7 @@ import queue
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +54,30 @@ _TEMP_IDS = itertools.count()
 process's leftovers are recognisable."""
 
 
+@dataclass(frozen=True, slots=True)
+class DiskTier:
+    """Where a model's prefixes go: the folder, its bound, and the model's identity."""
+
+    directory: Path
+    max_bytes: int
+    model: str
+    """Weights fingerprint and layout (`modelmgr/fingerprint.py`): files of any other never match."""
+    min_tokens: int = MIN_TOKENS
+
+
 class DiskPrefixStore:
     """One model's prefixes in a folder shared with other models and servers."""
 
-    def __init__(
-        self,
-        directory: Path,
-        max_bytes: int,
-        *,
-        model: str,
-        name: str = "model",
-        kv_bits: int | None = None,
-        min_tokens: int = MIN_TOKENS,
-    ) -> None:
-        self.directory = directory
-        self.max_bytes = max_bytes
-        self.model = model
-        """The model's identity (weights fingerprint and layout): files of any other never match."""
+    def __init__(self, tier: DiskTier, *, template: list[Any], name: str = "model") -> None:
+        """`template` is a fresh cache of the engine's (its layer classes and KV bit width)."""
+        self.directory = tier.directory
+        self.max_bytes = tier.max_bytes
+        self.model = tier.model
         self.name = name
-        self.kv_bits = kv_bits
+        self.template = template
+        self.kv_bits = disk_files.kv_bits_of(template)
         """The bit width of the engine's KV caches (None: full precision); other widths never match."""
-        self.min_tokens = min_tokens
+        self.min_tokens = tier.min_tokens
         self._files: dict[str, FileHeader] = {}
         """This model's usable files by name (other models' are in `_foreign`)."""
         self._foreign: set[str] = set()
@@ -81,8 +85,7 @@ class DiskPrefixStore:
         self._lock = threading.Lock()  # the index: compute thread and writer thread
         self._queue: queue.Queue[tuple[str, np.ndarray, list[Any]] | None] = queue.Queue(maxsize=1)
         self._pending: set[str] = set()
-        self._warned_bits = False
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._writer = threading.Thread(
             target=self._write_loop, name=f"pensieve-disk-{name}", daemon=True
         )
@@ -124,11 +127,7 @@ class DiskPrefixStore:
         """Queue the first `len(tokens)` tokens of `cache` for writing, if worth it (see the
         module docstring); `cache` may hold more tokens than that and is not changed."""
         n = len(tokens)
-        if (
-            n < self.min_tokens
-            or not disk_files.persistable(cache, n)
-            or not self._same_bits(cache)
-        ):
+        if n < self.min_tokens or not disk_files.persistable(cache, n):
             return
         self._refresh()
         query = np.asarray(tokens, dtype=np.int64)
@@ -241,7 +240,7 @@ class DiskPrefixStore:
 
     def _read(self, header: FileHeader) -> list[Any] | None:
         try:
-            cache = disk_files.read(header)
+            cache = disk_files.read(header, self.template)
         except BadFile as exc:
             if header.path.exists():
                 self._discard(header.path, exc)
@@ -274,14 +273,6 @@ class DiskPrefixStore:
             os.utime(header.path)
         except FileNotFoundError:
             self._forget(header.path.name)
-
-    def _same_bits(self, cache: list[Any]) -> bool:
-        bits = disk_files.kv_bits_of(cache)
-        if bits != self.kv_bits and not self._warned_bits:
-            self._warned_bits = True
-            logger.warning("prefix cache: {}'s KV cache is {}-bit but its disk tier was opened for {}; nothing is written",
-                           self.name, bits or "full", self.kv_bits or "full")  # fmt: skip
-        return bits == self.kv_bits
 
     def _remove_dead_temp_files(self) -> None:
         for path in self.directory.glob(f".*{TEMP_SUFFIX}"):

@@ -1,8 +1,9 @@
 """One cached prompt prefix as a file, and every check it must pass before its KV cache is used.
 
 The file is mlx-lm's prompt-cache file (`save_prompt_cache`: safetensors holding each layer's
-state arrays and mlx-lm's cache class names, plain `KVCache` and `QuantizedKVCache` alike)
-with Pensieve's metadata beside mlx-lm's:
+state arrays and mlx-lm's cache class names, plain `KVCache` and `QuantizedKVCache` alike; the
+engine's batchable `QuantizedKV` is written as the mlx-lm class it extends, and read back as the
+engine's own classes) with Pensieve's metadata beside mlx-lm's:
 
 - `pensieve_prefix`: this layout's version;
 - `model`: the model's identity (weights fingerprint and weights layout, from the model manager);
@@ -35,12 +36,13 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, load_prompt_cache, save_prompt_cache
 from safetensors import SafetensorError, safe_open
 
+from pensieve.engine.quantized_cache import QuantizedKV
 from pensieve.utils.prefix_folder import SUFFIX
 
 LAYOUT = "1"
-PERSISTABLE = (KVCache, QuantizedKVCache)
-"""Cache classes whose arrays run along the token axis and can be cut to a prefix; others
-(rotating windows, SSM states) stay in memory only."""
+FILE_CLASS: dict[type, type] = {KVCache: KVCache, QuantizedKVCache: QuantizedKVCache, QuantizedKV: QuantizedKVCache}
+"""Cache classes whose arrays run along the token axis and can be cut to a prefix, and the
+mlx-lm class each is written as; others (rotating windows, SSM states) stay in memory only."""
 
 
 class BadFile(Exception):
@@ -86,7 +88,7 @@ def kv_bits_of(cache: list[Any]) -> int | None:
 
 def persistable(cache: list[Any], n: int) -> bool:
     """Whether the first `n` tokens of `cache` can be cut out and written."""
-    return bool(cache) and all(type(layer) in PERSISTABLE and layer.offset >= n for layer in cache)
+    return bool(cache) and all(type(layer) in FILE_CLASS and layer.offset >= n for layer in cache)
 
 
 def compact(cache: list[Any], n: int) -> list[Any]:
@@ -102,7 +104,7 @@ def compact(cache: list[Any], n: int) -> list[Any]:
 
     out = []
     for layer in cache:
-        part = type(layer).from_state(tree_map(cut, layer.state))
+        part = FILE_CLASS[type(layer)].from_state(tree_map(cut, layer.state))
         part.offset = n
         out.append(part)
     mx.eval([layer.state for layer in out])
@@ -193,8 +195,9 @@ def check_runtime(header: FileHeader) -> None:
         )
 
 
-def read(header: FileHeader) -> list[Any]:
-    """The file's KV cache, evaluated, after every check; BadFile if one fails."""
+def read(header: FileHeader, template: list[Any]) -> list[Any]:
+    """The file's KV cache, evaluated, after every check, in the classes of `template` (a fresh
+    cache of the engine's); BadFile if a check fails."""
     check_runtime(header)
     try:
         cache, meta = load_prompt_cache(str(header.path), return_metadata=True)
@@ -203,8 +206,16 @@ def read(header: FileHeader) -> list[Any]:
         raise BadFile(f"unreadable ({exc})") from None
     if _decode_tokens(meta.get("tokens", "")).tolist() != header.tokens.tolist():
         raise BadFile("it changed while being read")
-    if any(type(layer) not in PERSISTABLE or layer.offset != len(header.tokens) for layer in cache):
+    if len(cache) != len(template) or any(type(c) is not FILE_CLASS.get(type(t)) for c, t in zip(cache, template, strict=False)):
+        raise BadFile("its layers are not this model's")
+    if any(_quantization(c) != _quantization(t) for c, t in zip(cache, template, strict=True)):
+        raise BadFile("its KV quantization is not this engine's")
+    if any(layer.offset != len(header.tokens) for layer in cache):
         raise BadFile("its layers do not hold the tokens it names")
     if checksum(cache) != header.crc:
         raise BadFile("its checksum does not match (corrupted)")
-    return cache
+    return [type(t).from_state(c.state) for c, t in zip(cache, template, strict=True)]
+
+
+def _quantization(layer: Any) -> tuple[int, int] | None:
+    return (layer.bits, layer.group_size) if isinstance(layer, QuantizedKVCache) else None

@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pensieve.engine.channel import Admitted, FinishReason, Message, SequenceEnd, Signal
-from pensieve.engine.disk_cache import DiskPrefixStore
+from pensieve.engine.disk_cache import DiskPrefixStore, DiskTier
+from pensieve.engine.kv_budget import KVBudget, KVCost
 from pensieve.engine.output import OutputParser
 from pensieve.engine.prefix_policy import lasting_prefix
 from pensieve.engine.prompt import RenderedPrompt, render_prompt
+from pensieve.engine.quantized_cache import GROUP_SIZE, make_cache, supports_quantized_kv
 from pensieve.engine.sampling import Sampler, make_sampler
-from pensieve.engine.scheduler import Job, Scheduler
+from pensieve.engine.scheduler import Job, Scheduler, SchedulerConfig
 from pensieve.engine.tokenize import PieceEncoder
 from pensieve.metal import RequestProfile
 from pensieve.models import (
@@ -30,6 +33,7 @@ from pensieve.models import (
     Finished,
     GenerationEvent,
     GenerationFailed,
+    KVStatus,
     PrefixCacheStats,
     Started,
     StopReason,
@@ -42,11 +46,32 @@ from pensieve.utils.logging import logger
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     max_concurrent_requests: int = 5
+    """A cap on sequences decoded together; memory decides how many of them run (`kv_budget`)."""
     max_queued_requests: int = 32
     prefill_step_size: int = 2048
     prefix_cache_bytes: int = 512 * 1024 * 1024
+    """The most the prefix cache may hold; within a KV budget it also gives memory back first."""
+    prefix_cache_entries: int = 16
     context_policy: str = "error"
     """`error`: a prompt over the window is a 400; `truncate`: drop the oldest turns."""
+    kv_bits: int | None = None
+    """Quantize the KV cache of full-attention layers to 8 or 4 bits (None: as the model computes)."""
+    kv_cost: KVCost | None = None
+    kv_capacity_bytes: int | None = None
+    """With `kv_cost`, the bytes of KV cache the engine may hold (sequences and prefix cache);
+    None admits by slots only."""
+    attention_scores_bytes: int | None = None
+    """Where attention materializes its scores (no fused kernel), the most one prefill pass may
+    take for them; long prompts then prefill in smaller passes. None: no limit (fused kernel)."""
+    idle_release_s: float = 0.0
+    """Idle this long, the prefix cache and MLX's buffer cache go back to the machine (0: never)."""
+    prefix_disk: DiskTier | None = None
+    """The prefix cache's disk tier (it needs the memory tier above it); None: memory only."""
+
+
+MIN_PREFILL_CHUNK = 64
+SCORE_BYTES = 8
+"""Bytes per query-key pair and head while attention is unfused: float32 scores and their softmax."""
 
 
 class Engine:
@@ -61,30 +86,81 @@ class Engine:
         context_length: int,
         config: EngineConfig = EngineConfig(),
         batch_model: Any = None,
-        disk: DiskPrefixStore | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.context_length = context_length
         self.config = config
-        self.disk = disk
-        """The prefix cache's disk tier, when it is on (it needs the memory tier above it)."""
         self._inflight = 0
         self._encoder = PieceEncoder(tokenizer)
         self.sampler_for: Callable[[ChatRequest], Sampler | None] = lambda r: make_sampler(r.sampling)
         """Builds each request's sampler; replaceable so a test can force the output tokens
         while every forward pass, parse and encode stays real."""
+        self._kv_bits = kv_bits = config.kv_bits if config.kv_bits and supports_quantized_kv(model) else None
+        if config.kv_bits and kv_bits is None:
+            logger.warning("{}: its head size does not hold whole groups of {}; the KV cache stays unquantized", name, GROUP_SIZE)
+        self._heads = getattr(getattr(model, "args", None), "num_attention_heads", 1) or 1
+        self.disk = self._open_disk(config.prefix_disk, make_cache(model, kv_bits))
+        """The prefix cache's disk tier, when it is on and its folder usable."""
+        budget = None
+        if config.kv_cost is not None and config.kv_capacity_bytes is not None:
+            budget = KVBudget(config.kv_cost, config.kv_capacity_bytes)
         self._scheduler = Scheduler(
             model,
             set(tokenizer.eos_token_ids),
-            max_batch=config.max_concurrent_requests,
-            prefill_step_size=config.prefill_step_size,
-            prefix_cache_bytes=config.prefix_cache_bytes,
+            config=SchedulerConfig(
+                max_batch=config.max_concurrent_requests,
+                prefill_step_size=config.prefill_step_size,
+                prefill_chunk=self._prefill_chunk,
+                prefix_cache_bytes=config.prefix_cache_bytes,
+                prefix_cache_entries=config.prefix_cache_entries,
+                kv_bits=kv_bits,
+                idle_release_s=config.idle_release_s,
+            ),
+            budget=budget,
             name=name,
             batch_model=batch_model,
-            prefix_lower=disk,
+            prefix_lower=self.disk,
         )
+
+    def _open_disk(self, tier: DiskTier | None, template: list[Any]) -> DiskPrefixStore | None:
+        if tier is None or self.config.prefix_cache_bytes <= 0:
+            return None
+        try:
+            return DiskPrefixStore(tier, template=template, name=self.name)
+        except OSError as exc:
+            logger.warning("prefix cache: cannot use {} ({}); {}'s prefixes are kept in memory only. "
+                           "Check performance.prefix_cache_dir", tier.directory, exc, self.name)  # fmt: skip
+            return None
+
+    def _prefill_chunk(self, cached: int) -> int:
+        """Prompt tokens for the next prefill pass on top of `cached` tokens: n x (cached + n)
+        query-key pairs per head must keep within `attention_scores_bytes`."""
+        step, cap = self.config.prefill_step_size, self.config.attention_scores_bytes
+        if cap is None:
+            return step
+        pairs = cap / (self._heads * SCORE_BYTES)
+        n = int((math.sqrt(cached * cached + 4 * pairs) - cached) / 2)
+        return max(MIN_PREFILL_CHUNK, min(step, n))
+
+    def kv_status(self) -> KVStatus | None:
+        """The engine's KV memory now; None when it admits by slots only."""
+        scheduler = self._scheduler
+        if scheduler.budget is None:
+            return None
+        return KVStatus(
+            capacity_bytes=scheduler.budget.capacity,
+            sequences_bytes=scheduler.held_bytes if scheduler.active else 0,
+            prefix_cache_bytes=scheduler.prefix_bytes,
+            preemptions=scheduler.preemptions,
+            kv_cache_bits=self._kv_bits,
+        )
+
+    def set_kv_capacity(self, capacity: int) -> None:
+        """The pool's share of KV memory for this engine changed (another model (un)loaded)."""
+        if self._scheduler.budget is not None:
+            self._scheduler.budget.capacity = capacity
 
     # -- prompts ----------------------------------------------------------------------------
 

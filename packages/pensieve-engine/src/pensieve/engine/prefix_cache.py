@@ -77,10 +77,14 @@ def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class PrefixCache:
-    """An LRU of (tokens, KV cache) bounded by bytes and entries; touched by one thread only."""
+    """An LRU of (tokens, KV cache) bounded by bytes and entries; touched by one thread only.
+
+    The bytes it may hold are also what the engine's KV budget leaves it: the scheduler calls
+    `evict` before a live sequence would go short.
+    """
 
     def __init__(
-        self, max_bytes: int, *, max_entries: int = 64, min_reuse: int = MIN_REUSE_TOKENS, lower: LowerTier | None = None
+        self, max_bytes: int, *, max_entries: int = 16, min_reuse: int = MIN_REUSE_TOKENS, lower: LowerTier | None = None
     ) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
@@ -152,6 +156,15 @@ class PrefixCache:
         self.nbytes += nbytes
         while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
+
+    def evict(self, nbytes: int) -> int:
+        """Drop least recently used entries until at least `nbytes` are freed; returns the bytes freed."""
+        freed = 0
+        while freed < nbytes and self._entries:
+            before = self.nbytes
+            self._drop(next(iter(self._entries)))
+            freed += before - self.nbytes
+        return freed
 
     def warm(self, n: int = WARM_ENTRIES) -> None:
         """Fill memory from the lower tier's most recently used prefixes, within the byte bound."""

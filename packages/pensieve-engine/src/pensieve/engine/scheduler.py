@@ -1,14 +1,22 @@
-"""Continuous batching on one compute thread.
+"""Continuous batching on one compute thread, within one KV budget.
 
 All MLX work for a model happens on this thread: MLX streams and KV caches are not safe to
 share across threads, and keeping compute off the event loop keeps the HTTP side responsive
 while a long prompt is prefilled. Requests arrive through a lock-protected inbox and each
 generated token is handed back to the request's event loop with `call_soon_threadsafe`.
 
-A lone sequence runs on the fast single-sequence path (`solo.py`); as soon as a second one
-arrives, both move into mlx-lm's `BatchGenerator`, which interleaves chunked prefill with
-batched decoding; when the batch is down to one sequence again, it moves back. A sequence
-moves with its KV cache, so nothing is recomputed but the one token in flight.
+A lone sequence runs on the fast single-sequence path (`solo.py`). A newcomer that arrives
+while others decode is prefilled on its own, one chunk per turn of the loop between the
+batch's decode steps (so running streams keep flowing), and then joins mlx-lm's
+`BatchGenerator` with its KV cache; when the batch is down to one sequence it moves back to
+the single path. A sequence moves with its KV cache, so nothing is recomputed but the one token
+in flight.
+
+Memory (`kv_budget.py`): a request waits until the tokens it brings fit beside what the running
+sequences hold; when decoding would overrun the budget, the prefix cache gives memory back
+first, and then the newest sequence is preempted: its KV cache goes to the prefix cache (where
+it is the first thing evicted if memory stays short) and it resumes from its tokens when there
+is room, its stream only paused.
 
 A step that fails with several sequences in it may have failed for being a batch (memory for
 all of them at once), so each resumes alone, from the tokens it has so far, while newcomers
@@ -21,6 +29,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +38,9 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import trim_prompt_cache
 
 from pensieve.engine.channel import Admitted, FinishReason, Output, SequenceEnd, Sink, TokenOut
+from pensieve.engine.kv_budget import KVBudget, Occupancy
 from pensieve.engine.prefix_cache import LowerTier, PrefixCache
+from pensieve.engine.quantized_cache import make_cache
 from pensieve.engine.solo import SoloSequence
 from pensieve.utils.logging import logger
 
@@ -56,6 +67,8 @@ class Job:
     finished: bool = False
     retried: bool = False
     """Resumed alone after a failed batched step; a second failure is its own."""
+    preempted: int = 0
+    """Times it gave its memory back and waited to resume."""
 
     @property
     def remaining(self) -> int:
@@ -77,17 +90,29 @@ class Job:
             self.cancelled = True
 
 
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_batch: int = 5
+    prefill_step_size: int = 2048
+    prefill_chunk: Callable[[int], int] | None = None
+    """Prompt tokens per prefill pass on top of a cache of the given length (default: the step size)."""
+    prefix_cache_bytes: int = 0
+    prefix_cache_entries: int = 16
+    kv_bits: int | None = None
+    idle_release_s: float = 0.0
+    """Idle this long, drop the prefix cache and MLX's buffer cache (0: never)."""
+
+
 class Scheduler:
-    """Owns the model's compute thread, its solo sequence and its `BatchGenerator`."""
+    """Owns the model's compute thread, its sequences and its `BatchGenerator`."""
 
     def __init__(
         self,
         model: Any,
         stop_token_ids: set[int],
         *,
-        max_batch: int = 5,
-        prefill_step_size: int = 2048,
-        prefix_cache_bytes: int = 0,
+        config: SchedulerConfig = SchedulerConfig(),
+        budget: KVBudget | None = None,
         name: str = "model",
         batch_model: Any = None,
         prefix_lower: LowerTier | None = None,
@@ -97,19 +122,29 @@ class Scheduler:
         """Batches may run on a twin with other weights layout (CUDA: unpacked); caches are shared."""
         self._stop_ids = frozenset(stop_token_ids)
         self._stop = StopSequences([[t] for t in sorted(stop_token_ids)])
-        self._max_batch = max_batch
-        self._prefill_step_size = prefill_step_size
+        self._config = config
+        self._chunk = config.prefill_chunk or (lambda _: config.prefill_step_size)
+        self.budget = budget
         self._name = name
         # Multi-turn chats and agent sessions re-send a long identical prefix, so only the new
         # tokens are prefilled. Touched on the compute thread only.
-        self._prefix = PrefixCache(prefix_cache_bytes, lower=prefix_lower) if prefix_cache_bytes > 0 else None
+        cap = config.prefix_cache_bytes
+        self._prefix = PrefixCache(cap, max_entries=config.prefix_cache_entries, lower=prefix_lower) if cap > 0 else None
         self._inbox: list[Job] = []
+        self._waiting: deque[Job] = deque()
+        """Admitted by the engine, waiting for memory or a slot; preempted sequences go first."""
         self._solo: tuple[Job, SoloSequence] | None = None
+        self._filling: tuple[Job, SoloSequence] | None = None
+        """A newcomer being prefilled beside the batch."""
         self._batch: dict[int, Job] = {}
         self._retry: deque[Job] = deque()
         """Sequences of a failed step, waiting to resume one at a time on the solo path."""
         self._wake = threading.Condition()
         self._closing = False
+        self._idle_since = time.monotonic()
+        self.preemptions = 0
+        self.held_bytes = 0
+        """What the running sequences held at the last step (for status; compute thread writes)."""
         self._thread = threading.Thread(target=self._run, name=f"pensieve-compute-{name}", daemon=True)
         self._ready = threading.Event()
         self._thread.start()
@@ -117,11 +152,15 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self._batch) + (self._solo is not None) + len(self._retry)
+        return len(self._batch) + (self._solo is not None) + (self._filling is not None) + len(self._retry)
 
     @property
     def pending(self) -> int:
-        return len(self._inbox)
+        return len(self._inbox) + len(self._waiting)
+
+    @property
+    def prefix_bytes(self) -> int:
+        return self._prefix.nbytes if self._prefix is not None else 0
 
     @property
     def prefix_cache(self) -> PrefixCache | None:
@@ -148,12 +187,12 @@ class Scheduler:
     # -- compute thread -------------------------------------------------------------------
 
     def _new_generator(self) -> BatchGenerator:
-        return BatchGenerator(
-            self._batch_model,
-            completion_batch_size=self._max_batch,
-            prefill_batch_size=self._max_batch,
-            prefill_step_size=self._prefill_step_size,
-        )
+        size = self._config.max_batch
+        return BatchGenerator(self._batch_model, completion_batch_size=size, prefill_batch_size=size,
+                              prefill_step_size=self._config.prefill_step_size)  # fmt: skip
+
+    def _busy(self) -> bool:
+        return bool(self._waiting or self._batch or self._solo or self._filling or self._retry)
 
     def _run(self) -> None:
         generator = self._new_generator()
@@ -162,31 +201,40 @@ class Scheduler:
             self._prefix.warm()  # before any request: the first one after a restart is a hit
         while True:
             with self._wake:
-                while not (self._inbox or self._batch or self._solo or self._retry or self._closing):
-                    self._wake.wait()
+                while not (self._inbox or self._busy() or self._closing):
+                    self._wait_idle()
                 if self._closing:
                     break
-                inbox: list[Job] = []
                 if not self._recovering():  # newcomers would rebuild the batch that failed
-                    inbox, self._inbox = [j for j in self._inbox if not j.cancelled], []
+                    self._waiting.extend(j for j in self._inbox if not j.cancelled)
+                    self._inbox = []
             try:
                 self._drop_cancelled(generator)
-                if self._retry and self._solo is None and not self._batch:
+                if self._retry and not self._running():
                     self._resume(self._retry.popleft())
-                self._admit(generator, inbox)
-                if self._solo is not None:
-                    self._step_solo()
-                elif self._batch:
-                    self._step_batch(generator)
-                    if len(self._batch) == 1 and not self._inbox:
-                        self._to_solo(generator)
+                self._start_waiting(generator)
+                self._make_room(generator)
+                self._step(generator)
             except Exception as exc:
-                self._recover(exc, inbox)
+                self._recover(exc)
                 generator.close()
                 generator = self._new_generator()
-        for job in [*self._jobs(), *self._retry]:
+            self._idle_since = time.monotonic()
+        for job in [*self._jobs(), *self._retry, *self._waiting]:
             job.end(FinishReason.CANCELLED)
         self._release_all(generator)
+
+    def _wait_idle(self) -> None:
+        """Wait for work; once idle long enough, give the cached memory back to the machine."""
+        release = self._config.idle_release_s
+        idle = time.monotonic() - self._idle_since
+        if release <= 0 or idle >= release:
+            self._wake.wait()
+            return
+        if not self._wake.wait(timeout=release - idle) and self._prefix is not None and len(self._prefix):
+            logger.info("{}: idle for {:g}s, releasing {} MB of prefix cache", self._name, release, self._prefix.nbytes >> 20)
+            self._prefix.clear()
+            mx.clear_cache()
 
     def _release_all(self, generator: BatchGenerator) -> None:
         """Free every buffer this thread made (sequences, batch, prefix cache) before it ends.
@@ -195,27 +243,38 @@ class Scheduler:
         own static state was gone, and the process aborted ("terminate called without an
         active exception", exit 134) after a clean shutdown.
         """
-        self._solo = None
+        self._solo = self._filling = None
         self._batch.clear()
         self._retry.clear()
+        self._waiting.clear()
         generator.close()
         if self._prefix is not None:
             self._prefix.close()
         mx.synchronize()
         mx.clear_cache()
 
+    def _running(self) -> bool:
+        return bool(self._solo or self._filling or self._batch)
+
     def _jobs(self) -> list[Job]:
-        return [*self._batch.values(), *([self._solo[0]] if self._solo else [])]
+        lanes = [lane[0] for lane in (self._solo, self._filling) if lane is not None]
+        return [*self._batch.values(), *lanes]
+
+    def _occupancy(self) -> Occupancy:
+        return Occupancy(
+            solo=len(self._solo[0].history) if self._solo else None,
+            batch=tuple(len(job.history) for job in self._batch.values()),
+            filling=len(self._filling[0].history) if self._filling else None,
+        )
 
     def _recovering(self) -> bool:
         return bool(self._retry) or (self._solo is not None and self._solo[0].retried)
 
-    def _recover(self, exc: Exception, inbox: list[Job]) -> None:
+    def _recover(self, exc: Exception) -> None:
         """After a failed step: resume a failed batch's sequences one by one, or fail a lone one."""
-        running = self._jobs()
-        jobs = [*running, *(j for j in inbox if j not in running and not j.finished)]
+        jobs = [job for job in self._jobs() if not job.finished]
         self._batch.clear()
-        self._solo = None
+        self._solo = self._filling = None
         mx.clear_cache()
         if len(jobs) > 1:
             logger.opt(exception=exc).warning("a step of {} sequences failed; resuming each alone", len(jobs))
@@ -233,65 +292,92 @@ class Scheduler:
         if job.cancelled:
             job.end(FinishReason.CANCELLED)
             return
-        admitted = bool(job.history)
-        if not admitted:  # failed before it was admitted
+        self._solo = (job, self._sequence_for(job))
+
+    def _sequence_for(self, job: Job) -> SoloSequence:
+        """A sequence for `job` from its tokens so far, with what the prefix cache holds of them."""
+        first = job.started_at is None
+        if first:
             job.started_at = time.perf_counter()
             job.history = list(job.prompt)
-        cache, rest = self._cached_prefix(job.history)
-        if not admitted:
-            job.cached = len(job.prompt) - len(rest)
+        cache, rest = self._prefix.fetch(job.history) if self._prefix is not None else (None, job.history)
+        if first:
+            job.cached = len(job.history) - len(rest)
             job.admitted()
-        self._solo = (job, self._solo_for(job, cache, rest))
-
-    def _cached_prefix(self, prompt: list[int]) -> tuple[list[Any] | None, list[int]]:
-        if self._prefix is None:
-            return None, prompt
-        return self._prefix.fetch(prompt)
-
-    def _keep_prefix(self, tokens: list[int], cache: list[Any] | None, persist: int = 0) -> None:
-        """A finished or stopped sequence leaves its KV cache for the conversation's next turn,
-        and its lasting prefix to the lower tier."""
-        if self._prefix is not None and tokens and cache:
-            self._prefix.insert(list(tokens), cache, persist)
-
-    def _admit(self, generator: BatchGenerator, inbox: list[Job]) -> None:
-        if not inbox:
-            return
-        now = time.perf_counter()
-        for job in inbox:
-            job.started_at = now
-            job.history = list(job.prompt)
-        if self._solo is None and not self._batch and len(inbox) == 1:
-            job = inbox[0]
-            cache, rest = self._cached_prefix(job.prompt)
-            job.cached = len(job.prompt) - len(rest)
-            job.admitted()
-            self._solo = (job, self._solo_for(job, cache, rest))
-            return
-        if self._solo is not None:
-            job, solo = self._solo
-            self._solo = None
-            cache, to_feed = solo.detach()
-            self._insert(generator, job, cache, to_feed)
-        for job in inbox:
-            cache, rest = self._cached_prefix(job.prompt)
-            job.cached = len(job.prompt) - len(rest)
-            job.admitted()
-            self._insert(generator, job, cache, rest)
-
-    def _solo_for(self, job: Job, cache: list[Any] | None, to_feed: list[int]) -> SoloSequence:
         return SoloSequence(
             self._model,
             job.history,
-            cache,
-            to_feed,
+            cache if cache is not None else make_cache(self._model, self._config.kv_bits),
+            rest,
             sampler=job.sampler,
             budget=job.remaining,
-            prefill_step_size=self._prefill_step_size,
+            prefill_chunk=self._chunk,
             prefill_model=self._batch_model,
         )
 
-    def _insert(self, generator: BatchGenerator, job: Job, cache: list[Any] | None, to_feed: list[int]) -> None:
+    def _keep_prefix(self, tokens: list[int], cache: list[Any] | None, persist: int = 0) -> None:
+        """A finished or stopped sequence leaves its KV cache for the conversation's next turn
+        (and, with `persist`, its lasting prefix to the lower tier)."""
+        if self._prefix is not None and tokens and cache:
+            self._prefix.insert(list(tokens), cache, persist)
+
+    def _start_waiting(self, generator: BatchGenerator) -> None:
+        """Start waiting sequences while slots and memory allow; one prefill at a time."""
+        while self._waiting and not self._recovering():
+            job = self._waiting[0]
+            if not self._running():
+                self._waiting.popleft()
+                self._solo = (job, self._sequence_for(job))
+                continue
+            if self._filling is not None or self.active >= self._config.max_batch:
+                return
+            if self._solo is not None and self._solo[1].to_feed and len(self._solo[1].to_feed) > 1:
+                return  # the lone sequence is still prefilling: one prefill at a time
+            tokens = len(job.history) or len(job.prompt)
+            if self.budget is not None and not self.budget.admits(self._occupancy(), tokens):
+                return
+            self._waiting.popleft()
+            if self._solo is not None:
+                solo_job, solo = self._solo
+                self._solo = None
+                self._insert(generator, solo_job, *solo.detach())
+            self._filling = (job, self._sequence_for(job))
+
+    def _make_room(self, generator: BatchGenerator) -> None:
+        """Keep the next step within the budget: shrink the prefix cache, then preempt."""
+        if self.budget is None:
+            return
+        self.held_bytes = self.budget.held(self._occupancy())
+        held = self._prefix.nbytes if self._prefix is not None else 0
+        over = self.budget.overrun(self._occupancy(), held)
+        if over and self._prefix is not None:
+            self._prefix.evict(over)
+            over = self.budget.overrun(self._occupancy(), self._prefix.nbytes)
+        while over and len(self._jobs()) > 1:
+            self._preempt(generator)
+            if self._prefix is not None:
+                self._prefix.evict(self.budget.overrun(self._occupancy(), self._prefix.nbytes))
+            over = self.budget.overrun(self._occupancy(), self._prefix.nbytes if self._prefix is not None else 0)
+
+    def _preempt(self, generator: BatchGenerator) -> None:
+        """Stop the newest sequence and put it first in line; its KV cache goes to the prefix cache."""
+        if self._filling is not None:
+            job, sequence = self._filling
+            self._filling = None
+            cache, to_feed = sequence.detach()
+            self._keep_prefix(job.history[: len(job.history) - len(to_feed)], cache)
+        else:
+            uid = max(self._batch, key=lambda u: self._batch[u].started_at or 0.0)
+            job = self._batch.pop(uid)
+            cache, tokens = generator.remove([uid], return_prompt_caches=True)[uid]
+            self._keep_prefix(tokens, cache)
+        job.preempted += 1
+        self.preemptions += 1
+        self._waiting.appendleft(job)
+        logger.info("{}: memory is short; paused the newest sequence at {} tokens until there is room",
+                    self._name, len(job.history))  # fmt: skip
+
+    def _insert(self, generator: BatchGenerator, job: Job, cache: list[Any], to_feed: list[int]) -> None:
         (uid,) = generator.insert(
             [to_feed],
             max_tokens=[job.remaining],
@@ -311,11 +397,20 @@ class Scheduler:
         if fed == len(job.history):  # the last token was fed; its successor was dropped
             trim_prompt_cache(cache, 1)
             fed -= 1
-        self._solo = (job, self._solo_for(job, cache, job.history[fed:]))
+        self._solo = (job, self._solo_from(job, cache, job.history[fed:]))
+
+    def _solo_from(self, job: Job, cache: list[Any], to_feed: list[int]) -> SoloSequence:
+        return SoloSequence(self._model, job.history, cache, to_feed, sampler=job.sampler, budget=job.remaining,
+                            prefill_chunk=self._chunk, prefill_model=self._batch_model)  # fmt: skip
 
     def _drop_cancelled(self, generator: BatchGenerator) -> None:
-        if self._solo is not None and self._solo[0].cancelled:
-            self._release_solo().end(FinishReason.CANCELLED)
+        for lane in ("_solo", "_filling"):
+            current = getattr(self, lane)
+            if current is not None and current[0].cancelled:
+                self._release(lane).end(FinishReason.CANCELLED)
+        for job in [j for j in self._waiting if j.cancelled]:
+            self._waiting.remove(job)
+            job.end(FinishReason.CANCELLED)
         gone = [uid for uid, job in self._batch.items() if job.cancelled]
         if gone:
             kept = generator.remove(gone, return_prompt_caches=self._prefix is not None)
@@ -324,35 +419,50 @@ class Scheduler:
             for uid in gone:
                 self._batch.pop(uid).end(FinishReason.CANCELLED)
 
-    def _step_solo(self) -> None:
-        job, solo = self._solo  # type: ignore[misc]
-        token = solo.advance()
-        if token is None:
+    def _step(self, generator: BatchGenerator) -> None:
+        if self._solo is not None:
+            self._advance("_solo")
             return
+        if self._filling is not None and self._advance("_filling") and self._filling is not None:
+            job, sequence = self._filling
+            self._filling = None
+            self._insert(generator, job, *sequence.detach())
+        if self._batch:
+            self._step_batch(generator)
+            if len(self._batch) == 1 and not (self._filling or self._waiting or self._inbox):
+                self._to_solo(generator)
+
+    def _advance(self, lane: str) -> bool:
+        """One unit of work for the lone or the filling sequence; True once it produced a token."""
+        job, sequence = getattr(self, lane)
+        token = sequence.advance()
+        if token is None:
+            return False
         job.first_token_at = job.first_token_at or time.perf_counter()
         if token in self._stop_ids:
             reason, last = FinishReason.STOP, None  # a stop token is not part of the answer
-        elif solo.budget <= 0:
+        elif sequence.budget <= 0:
             reason, last = FinishReason.LENGTH, token
         else:
             job.emit(token)
-            return
-        del solo  # the last reference must be the one _release_solo drops
+            return True
+        del sequence  # the last reference must be the one _release drops
         job.finished = True
-        self._release_solo()
+        self._release(lane)
         job.end(reason, last)
+        return True
 
-    def _release_solo(self) -> Job:
-        """End the solo sequence, leaving its KV cache to the prefix cache.
+    def _release(self, lane: str) -> Job:
+        """End a lone or filling sequence, leaving its KV cache to the prefix cache.
 
         The slot reads as free (`active`) only once the sequence's own references are gone,
         so an observer that sees an idle engine sees its memory back too.
         """
-        job, solo = self._solo  # type: ignore[misc]
-        cache, _ = solo.detach()
-        self._keep_prefix(job.history[: solo.fed], cache, job.persist)
-        del solo, cache
-        self._solo = None
+        job, sequence = getattr(self, lane)
+        cache, _ = sequence.detach()
+        self._keep_prefix(job.history[: sequence.fed], cache, job.persist)
+        del sequence, cache
+        setattr(self, lane, None)
         return job
 
     def _step_batch(self, generator: BatchGenerator) -> None:

@@ -10,11 +10,12 @@ newcomer between steps and hand the sequence, with its KV cache, to the batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
-from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.sample_utils import greedy_sampler
 
 ONE_PASS_TOKENS = 512
@@ -28,12 +29,12 @@ class SoloSequence:
         self,
         model: Any,
         history: list[int],
-        cache: list[Any] | None,
+        cache: list[Any],
         to_feed: list[int],
         *,
         sampler: Any,
         budget: int,
-        prefill_step_size: int,
+        prefill_chunk: Callable[[int], int],
         prefill_model: Any = None,
     ) -> None:
         self.model = model
@@ -41,12 +42,14 @@ class SoloSequence:
         """Many-token passes may run on a twin with other weights layout (CUDA: unpacked)."""
         self.history = history
         """Prompt and generated tokens so far; the first `fed` of them are in the cache."""
-        self.cache = cache if cache is not None else make_prompt_cache(model)
+        self.cache = cache
         self.to_feed = list(to_feed)
         self.sampler = sampler or greedy_sampler
         self.budget = budget
         """Tokens this sequence may still generate."""
-        self.prefill_step_size = prefill_step_size
+        self.prefill_chunk = prefill_chunk
+        """Prompt tokens per pass on top of a cache of the given length: attention scores grow
+        with it, so where they are materialized (no fused kernel) long prompts take smaller passes."""
         self.fed = len(history) - len(self.to_feed)
         """How many tokens of `history` the cache holds."""
         self._next: mx.array | None = None
@@ -61,8 +64,9 @@ class SoloSequence:
             if self._next is None:
                 # A short remainder (a follow-up turn after a prefix-cache hit) goes through in
                 # one pass; only long prompts are chunked, to bound the logits' memory.
-                if len(self.to_feed) > min(self.prefill_step_size, ONE_PASS_TOKENS):
-                    n = min(self.prefill_step_size, len(self.to_feed) - 1)
+                chunk = self.prefill_chunk(self.fed)
+                if len(self.to_feed) > min(chunk, ONE_PASS_TOKENS):
+                    n = min(chunk, len(self.to_feed) - 1)
                     self.prefill_model(mx.array(self.to_feed[:n])[None], cache=self.cache)
                     mx.eval([c.state for c in self.cache])
                     self.to_feed = self.to_feed[n:]

@@ -1,15 +1,17 @@
 """What can be served, described the same way for `pensieve models list` and `/health`.
 
-Both show each model's source, quantization, context window, size on disk and estimated memory
-under the current settings; sharing one function keeps the CLI and the server from disagreeing
-about a model.
+Both show each model's source, quantization, context window (for one conversation and at the
+configured concurrency), size on disk and the memory it reserves under the current settings on
+this machine; sharing one function keeps the CLI and the server from disagreeing about a model.
 """
 
 from __future__ import annotations
 
-from pensieve.metal import memory_budget_bytes
+from dataclasses import dataclass, replace
+
+from pensieve.metal import device_info, memory_budget_bytes
 from pensieve.modelmgr.embedded import EMBEDDED_NAME
-from pensieve.modelmgr.estimate import MemoryEstimate, estimate_memory
+from pensieve.modelmgr.estimate import MemoryPlan, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, model_facts
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
@@ -17,15 +19,22 @@ from pensieve.models import ModelState, ModelStatus
 from pensieve.utils import PensieveError, Settings
 
 
-def default_estimate(facts: ModelFacts, settings: Settings) -> MemoryEstimate:
-    """The estimate at the model's window (or the configured one, if smaller)."""
-    configured = settings.model.context_length
-    return estimate_memory(
+def kv_bits(settings: Settings) -> int | None:
+    bits = settings.performance.kv_cache_bits
+    return None if bits == "none" else int(bits)
+
+
+def plan_for(facts: ModelFacts, settings: Settings, *, name: str = "model", bits: int | None | str = "settings") -> MemoryPlan:
+    """The model's memory plan on this machine under `settings` (`bits` overrides the KV width)."""
+    return plan_memory(
         facts,
-        context_length=min(facts.context_length, configured or facts.context_length),
+        name=name,
+        budget=budget_bytes(settings),
         concurrency=settings.performance.max_concurrent_requests,
         prefill_step=settings.performance.prefill_step_size,
-        prefix_cache_bytes=prefix_cache_bytes(settings),
+        configured_context=settings.model.context_length,
+        kv_bits=kv_bits(settings) if bits == "settings" else bits,  # type: ignore[arg-type]
+        fused_attention=device_info().backend == "metal",
     )
 
 
@@ -33,27 +42,53 @@ def budget_bytes(settings: Settings) -> int:
     return memory_budget_bytes(settings.model.memory_budget_fraction, settings.model.memory_budget_gb)
 
 
-def prefix_cache_bytes(settings: Settings) -> int:
-    """Each engine's prompt-prefix cache: as configured, or (unset) a quarter of the budget."""
+def prefix_cache_bytes(settings: Settings, kv_pool: int) -> int:
+    """The prefix cache's cap: as configured, or (unset) the whole KV pool it shares."""
     megabytes = settings.performance.prefix_cache_mb
-    return budget_bytes(settings) // 4 if megabytes is None else int(megabytes * 1024**2)
+    return kv_pool if megabytes is None else int(megabytes * 1024**2)
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """The longest window on this machine's budget at one sequence and at the configured
+    concurrency, for one KV cache width; None where the model does not fit at all."""
+
+    kv_bits: int | None
+    single: int | None
+    concurrent: int | None
+
+
+def windows(facts: ModelFacts, settings: Settings) -> list[Windows]:
+    """What fits, unquantized and with 8- and 4-bit KV, for `models list`, `doctor` and the load log."""
+    out = []
+    for bits in (None, 8, 4):
+        try:
+            plan = plan_for(facts, settings, bits=bits)
+        except PensieveError:
+            out.append(Windows(bits, None, None))
+            continue
+        out.append(Windows(bits, plan.context_length, plan.window_at(plan.concurrency)))
+    return out
 
 
 def describe_source(source: ModelSource, settings: Settings, state: ModelState = "available") -> ModelStatus:
-    """The model as its files describe it, with its estimated memory (or why it cannot be read)."""
+    """The model as its files describe it, with its planned memory (or why it cannot be read)."""
     try:
         facts = model_facts(source)
     except PensieveError as exc:
         return ModelStatus(name=source.name, source=source.kind, state=state, error=exc.message)
-    estimate = default_estimate(facts, settings)
-    return ModelStatus(
-        name=source.name,
-        source=source.kind,
-        state=state,
-        quantization=facts.quantization,
-        context_length=estimate.context_length,
-        size_bytes=facts.disk_bytes,
-        estimated_bytes=estimate.total,
+    status = ModelStatus(name=source.name, source=source.kind, state=state, quantization=facts.quantization,
+                         size_bytes=facts.disk_bytes)  # fmt: skip
+    try:
+        plan = plan_for(facts, settings, name=source.name)
+    except PensieveError as exc:
+        return replace(status, error=exc.message)
+    return replace(
+        status,
+        context_length=plan.context_length,
+        concurrent_context_length=plan.window_at(plan.concurrency),
+        kv_cache_bits=plan.kv_bits,
+        estimated_bytes=plan.reserved,
     )
 
 

@@ -1,32 +1,40 @@
-"""How much memory a model will take, worked out before loading it.
+"""How much memory a model will take, and the window it can offer, worked out before loading.
 
-    total = weights + kv_cache + overhead
+    budget   = weights + activations + base + KV pool
     weights  = the tensors' bytes once loaded (file headers; GGUF types MLX expands count as F16)
-    kv_cache = 2 (K and V) x layers x kv_heads x head_dim x bytes_per_element
-               x context_length x max_concurrent_requests
-    overhead = 64 MiB + prefill_step_size x (vocab + 2 x intermediate + 4 x hidden) x bytes
-               + performance.prefix_cache_mb
-               (one prefill chunk's logits and activations, the engine's prompt-prefix cache,
-               and MLX's own buffers)
+    activations = one prefill pass: hidden states and MLP activations of prefill_step tokens,
+               the last pass's logits, and, where attention materializes its scores (no fused
+               kernel: MLX's CPU and CUDA backends, and a quantized KV cache anywhere), those
+               scores, kept under `attention_scores_bytes` by taking long prompts in smaller passes
+    base     = 64 MiB of MLX's own buffers
+    KV pool  = the rest, one pool shared by the sequences being decoded and the prefix cache
 
-The KV term is the worst case: every sequence of a full batch at the full context. Loading a
-model that only fits in the average case is how a Mac ends up swapping, so the estimate is kept
-pessimistic and the window is what gives: when the user has not set `model.context_length`, a
-model whose full window does not fit is served with the largest window that does (logged), and
-refused only if not even a small window fits.
+Nothing is reserved per slot. A request is offered the model's whole window (or
+`model.context_length`) whenever one sequence of that length fits in the KV pool; how many run
+at once is decided at run time by the tokens they hold (engine/kv_budget.py), so
+`performance.max_concurrent_requests` is a cap, not a reservation. A model whose window does
+not fit even alone is served with the largest that does (logged), unless the user set the
+window, and refused only if not even MIN_CONTEXT tokens fit. A quantized KV cache
+(`performance.kv_cache_bits`) makes each token's keys and values take about 8/16 or 4/16 of
+the model's precision, and the window grows by that much.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pensieve.engine import KVCost, quantized_factor
 from pensieve.modelmgr.facts import ModelFacts
 from pensieve.utils import ModelLoadError
 
-_BASE_OVERHEAD = 64 * 1024**2
+BASE_OVERHEAD = 64 * 1024**2
 MIN_CONTEXT = 2048
 """Below this a chat model is of little use; refuse rather than shrink further."""
+LAST_PASS_TOKENS = 512
+"""The prompt's last pass computes logits for this many positions (engine/solo.py)."""
 _CONTEXT_STEP = 256
+ATTENTION_SCORES_BYTES = 256 * 1024**2
+"""Where attention is unfused, a prefill pass's scores stay under this (longer prompts, smaller passes)."""
 
 
 def gib(value: int) -> str:
@@ -34,55 +42,73 @@ def gib(value: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class MemoryEstimate:
+class MemoryPlan:
+    """A model's share of the memory budget, decided before it loads."""
+
+    budget: int
     weights: int
-    kv_cache: int
-    overhead: int
+    activations: int
+    base: int
+    kv_cost: KVCost
+    """Bytes of one sequence's KV cache by length (quantized if `kv_bits`)."""
     context_length: int
+    """The window each request is offered."""
     concurrency: int
+    kv_bits: int | None
+    attention_scores_bytes: int | None
+    """The cap on one prefill pass's attention scores; None where attention is fused."""
 
     @property
-    def total(self) -> int:
-        return self.weights + self.kv_cache + self.overhead
+    def fixed(self) -> int:
+        return self.weights + self.activations + self.base
+
+    @property
+    def kv_pool(self) -> int:
+        """Bytes left for KV caches, live and cached, when this model has the budget to itself."""
+        return max(0, self.budget - self.fixed)
+
+    @property
+    def reserved(self) -> int:
+        """What the model holds of the budget: weights, activations, and one full window of KV."""
+        return self.fixed + self.kv_cost.bytes(self.context_length)
+
+    def window_at(self, sequences: int) -> int:
+        """The longest window `sequences` concurrent sequences could each have (KV pool / n)."""
+        return min(self.context_length, self.kv_cost.longest(self.kv_pool // max(1, sequences)))
 
     def describe(self) -> str:
+        bits = f"{self.kv_bits}-bit" if self.kv_bits else "unquantized"
         return (
-            f"{gib(self.total)} = {gib(self.weights)} weights + {gib(self.kv_cache)} KV cache "
-            f"({self.context_length} tokens x {self.concurrency} sequences) + "
-            f"{gib(self.overhead)} overhead"
+            f"{gib(self.budget)} budget = {gib(self.weights)} weights + {gib(self.activations)} activations + "
+            f"{gib(self.base)} MLX buffers + {gib(self.kv_pool)} for KV caches ({bits}: a {self.context_length}-token "
+            f"window for one conversation, {self.window_at(self.concurrency)} tokens each for "
+            f"{self.concurrency} at once)"
         )
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | None]:
         return {
-            "total_bytes": self.total,
+            "budget_bytes": self.budget,
             "weight_bytes": self.weights,
-            "kv_cache_bytes": self.kv_cache,
-            "overhead_bytes": self.overhead,
+            "activation_bytes": self.activations,
+            "kv_pool_bytes": self.kv_pool,
+            "reserved_bytes": self.reserved,
             "context_length": self.context_length,
+            "context_length_at_concurrency": self.window_at(self.concurrency),
             "concurrency": self.concurrency,
+            "kv_cache_bits": self.kv_bits,
         }
 
 
-def estimate_memory(
-    facts: ModelFacts,
-    *,
-    context_length: int,
-    concurrency: int,
-    prefill_step: int,
-    prefix_cache_bytes: int = 0,
-) -> MemoryEstimate:
+def activation_bytes(facts: ModelFacts, prefill_step: int, scores_cap: int | None) -> int:
+    """Peak transient memory of one prefill pass (see the module docstring)."""
     vocab = facts.text_config("vocab_size", 0)
     hidden = facts.text_config("hidden_size", 0)
-    intermediate = facts.text_config("intermediate_size", 0) or 4 * hidden
-    activations = prefill_step * (vocab + 2 * intermediate + 4 * hidden) * facts.activation_bytes
-    overhead = _BASE_OVERHEAD + activations + prefix_cache_bytes
-    return MemoryEstimate(
-        weights=facts.weight_bytes,
-        kv_cache=facts.kv_bytes_per_token * context_length * concurrency,
-        overhead=overhead,
-        context_length=context_length,
-        concurrency=concurrency,
-    )
+    experts = facts.text_config("num_experts_per_tok") or 0
+    moe = facts.text_config("moe_intermediate_size") or 0
+    intermediate = moe * experts if moe and experts else facts.text_config("intermediate_size", 0) or 4 * hidden
+    hidden_states = prefill_step * (2 * intermediate + 4 * hidden) * facts.activation_bytes
+    logits = LAST_PASS_TOKENS * vocab * facts.activation_bytes  # the last pass's logits, all positions
+    return hidden_states + logits + (scores_cap or 0)
 
 
 def plan_memory(
@@ -93,41 +119,46 @@ def plan_memory(
     concurrency: int,
     prefill_step: int,
     configured_context: int | None,
-    prefix_cache_bytes: int = 0,
-) -> MemoryEstimate:
-    """The estimate the model will load with, or ModelLoadError if it cannot fit the budget.
+    kv_bits: int | None = None,
+    fused_attention: bool = True,
+) -> MemoryPlan:
+    """The plan the model will load with, or ModelLoadError if it cannot fit the budget.
 
-    A configured context is honoured as given (capped at the model's own window); otherwise
-    the window shrinks to what fits, in steps of 256 tokens, down to MIN_CONTEXT.
+    `fused_attention`: the backend computes attention without materializing the scores (Metal,
+    unquantized KV); otherwise long prompts are prefilled in passes whose scores stay under a cap.
     """
     wanted = min(facts.context_length, configured_context or facts.context_length)
+    cost = facts.kv_cost.scaled(quantized_factor(kv_bits, facts.activation_bytes))
+    scores = None if fused_attention and kv_bits is None else ATTENTION_SCORES_BYTES
 
-    def at(context: int) -> MemoryEstimate:
-        return estimate_memory(
-            facts,
+    def at(context: int) -> MemoryPlan:
+        return MemoryPlan(
+            budget=budget,
+            weights=facts.weight_bytes,
+            activations=activation_bytes(facts, prefill_step, scores),
+            base=BASE_OVERHEAD,
+            kv_cost=cost,
             context_length=context,
             concurrency=concurrency,
-            prefill_step=prefill_step,
-            prefix_cache_bytes=prefix_cache_bytes,
+            kv_bits=kv_bits,
+            attention_scores_bytes=scores,
         )
 
-    estimate = at(wanted)
-    if estimate.total <= budget:
-        return estimate
-    fixed = at(0).total
-    per_token = facts.kv_bytes_per_token * concurrency
-    fits = (budget - fixed) // per_token if per_token and budget > fixed else 0
+    plan = at(wanted)
+    if plan.reserved <= budget:
+        return plan
+    fits = cost.longest(plan.kv_pool)
     fits -= fits % _CONTEXT_STEP
     smallest = min(MIN_CONTEXT, wanted)
     if configured_context is None and fits >= smallest:
-        return at(int(fits))
+        return at(fits)
     advice = (
-        f"set model.context_length to {fits} or less, or lower performance.max_concurrent_requests"
+        f"set model.context_length to {fits} or less, or performance.kv_cache_bits to 8 or 4"
         if fits >= smallest
         else "use a smaller or more quantized model (pensieve models convert <model> --bits 4)"
     )
     raise ModelLoadError(
-        f"model '{name}' needs an estimated {estimate.describe()}, more than the memory budget of "
-        f"{gib(budget)} (model.memory_budget_fraction / model.memory_budget_gb). Refusing to load "
-        f"it rather than let the machine swap: {advice}, or raise the budget"
+        f"model '{name}' needs {gib(plan.reserved)} for its weights, activations and one {wanted}-token "
+        f"window of KV cache, more than the memory budget of {gib(budget)} (model.memory_budget_fraction / "
+        f"model.memory_budget_gb). Refusing to load it rather than let the machine swap: {advice}, or raise the budget"
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pensieve.engine import KVCost
 from pensieve.modelmgr.gguf import GGUFError, gguf_model_config, read_gguf_header
 from pensieve.modelmgr.sources import ModelSource
 from pensieve.modelmgr.store import disk_bytes
@@ -50,13 +51,59 @@ class ModelFacts:
         return default if value is None else value
 
     @property
-    def kv_bytes_per_token(self) -> int:
-        """Keys and values of one token across all layers (full attention assumed)."""
+    def kv_bytes_per_layer_token(self) -> int:
+        """Keys and values of one token in one attention layer."""
         heads = self.text_config("num_attention_heads", 1)
         kv_heads = self.text_config("num_key_value_heads") or heads
         head_dim = self.text_config("head_dim") or self.text_config("hidden_size", 0) // heads
-        layers = self.text_config("num_hidden_layers", 0)
-        return 2 * layers * kv_heads * head_dim * self.activation_bytes
+        return 2 * kv_heads * head_dim * self.activation_bytes
+
+    @property
+    def head_dim(self) -> int:
+        heads = self.text_config("num_attention_heads", 1)
+        return self.text_config("head_dim") or self.text_config("hidden_size", 0) // heads
+
+    @property
+    def kv_cost(self) -> KVCost:
+        """One sequence's KV bytes by length, counted per layer type (see `layer_kinds`)."""
+        per = self.kv_bytes_per_layer_token
+        kinds = layer_kinds(self)
+        window = self.text_config("sliding_window") or 0
+        windowed = ((window, per * kinds.count("sliding")),) if window and "sliding" in kinds else ()
+        return KVCost(full=per * kinds.count("full"), windowed=windowed)
+
+
+def layer_kinds(facts: ModelFacts) -> list[str]:
+    """Each layer's kind as far as its cache goes: `full` (keeps every token), `sliding` (keeps
+    `sliding_window` tokens) or `state` (recurrent or linear attention: no per-token cache).
+
+    Read from the config the way the architectures define it: an explicit `layer_types` list
+    (recent Hugging Face configs: Gemma 3, Qwen3-Next, hybrids), a `sliding_window_pattern`
+    (Gemma 2/3: every Nth layer global), a `full_attention_interval` (Qwen3-Next), or else
+    every layer full. A `sliding_window` alone (Mistral 7B v0.1) changes nothing: mlx-lm's
+    llama and mistral modules keep every token.
+    """
+    layers = facts.text_config("num_hidden_layers", 0)
+    types = facts.text_config("layer_types")
+    if isinstance(types, list) and len(types) == layers:
+        return [_kind(t) for t in types]
+    pattern = facts.text_config("sliding_window_pattern")
+    if pattern is None and facts.text_config("model_type", facts.config.get("model_type")) in ("gemma2",):
+        pattern = 2
+    if isinstance(pattern, int) and pattern > 1 and facts.text_config("sliding_window"):
+        return ["full" if (i + 1) % pattern == 0 else "sliding" for i in range(layers)]
+    interval = facts.text_config("full_attention_interval")
+    if isinstance(interval, int) and interval > 1:
+        return ["full" if (i + 1) % interval == 0 else "state" for i in range(layers)]
+    if facts.config.get("model_type") in ("mamba", "mamba2", "rwkv7"):
+        return ["state"] * layers
+    return ["full"] * layers
+
+
+def _kind(layer_type: str) -> str:
+    if "sliding" in layer_type or "local" in layer_type or "chunked" in layer_type:
+        return "sliding"
+    return "full" if "attention" in layer_type and "linear" not in layer_type else "state"
 
 
 def context_length_of(config: dict[str, Any]) -> int:

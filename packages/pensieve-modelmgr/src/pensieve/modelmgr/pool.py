@@ -5,7 +5,7 @@ Claude name Claude Code sends), then to a served model: the default, the embedde
 model store entry. Loading happens once per model even when many requests ask at the same time:
 they all await the same task.
 
-Memory is planned, not discovered: before a load the model's estimate (``estimate``) must fit
+Memory is planned, not discovered: before a load the model's plan (`estimate.py`) must fit
 the budget next to what is already loaded; idle models are unloaded, least recently used first,
 to make room, and a model that cannot fit even alone is refused with the reason. With
 `keep_alive_s` set, a model idle that long is unloaded and comes back on its next request.
@@ -27,11 +27,18 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from pensieve.engine import Engine, EngineConfig
-from pensieve.engine.disk_cache import DiskPrefixStore
+from pensieve.engine.disk_cache import DiskTier
 from pensieve.metal import device_info, memory_stats
 from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model, unpacked_copy
-from pensieve.modelmgr.catalog import budget_bytes, describe_source, prefix_cache_bytes, servable
-from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
+from pensieve.modelmgr.catalog import (
+    budget_bytes,
+    describe_source,
+    plan_for,
+    prefix_cache_bytes,
+    servable,
+    windows,
+)
+from pensieve.modelmgr.estimate import MemoryPlan, gib
 from pensieve.modelmgr.facts import ModelFacts, source_signature
 from pensieve.modelmgr.fingerprint import model_identity
 from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
@@ -56,8 +63,8 @@ class ServedModel:
     error: str | None = None
     error_signature: tuple[Any, ...] | None = None
     """The files as they were when loading failed: the same files fail the same way."""
-    estimate: MemoryEstimate | None = None
-    """Memory reserved in the budget, from the start of a load until the unload."""
+    plan: MemoryPlan | None = None
+    """Its share of the budget, reserved from the start of a load until the unload."""
     last_used: float = 0.0
     warmup_seconds: float = 0.0
 
@@ -93,16 +100,35 @@ class ModelPool:
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
-    @property
-    def engine_config(self) -> EngineConfig:
+    def engine_config(self, plan: MemoryPlan) -> EngineConfig:
         perf = self.settings.performance
         return EngineConfig(
             max_concurrent_requests=perf.max_concurrent_requests,
             max_queued_requests=perf.max_queued_requests,
             prefill_step_size=perf.prefill_step_size,
-            prefix_cache_bytes=prefix_cache_bytes(self.settings),  # as the estimate counts it
+            prefix_cache_bytes=prefix_cache_bytes(self.settings, plan.kv_pool),
+            prefix_cache_entries=perf.prefix_cache_entries,
             context_policy=self.settings.model.context_policy,
+            kv_bits=plan.kv_bits,
+            kv_cost=plan.kv_cost,
+            kv_capacity_bytes=self._kv_capacity(plan),
+            attention_scores_bytes=plan.attention_scores_bytes,
+            idle_release_s=perf.idle_release_s,
         )
+
+    def _kv_capacity(self, plan: MemoryPlan) -> int:
+        """An engine's KV bytes: its own full window plus an equal share of what no model reserved."""
+        planned = [m.plan for m in self._models.values() if m.plan is not None]
+        if plan not in planned:
+            planned.append(plan)
+        spare = max(0, self.budget_bytes - sum(p.reserved for p in planned))
+        return plan.kv_cost.bytes(plan.context_length) + spare // len(planned)
+
+    def _rebalance(self) -> None:
+        """A model (un)loaded: each engine's KV capacity follows (engine/kv_budget.py)."""
+        for served in self._models.values():
+            if served.engine is not None and served.plan is not None:
+                served.engine.set_kv_capacity(self._kv_capacity(served.plan))
 
     # -- names ------------------------------------------------------------------------------
 
@@ -146,49 +172,39 @@ class ModelPool:
         served.last_used = time.monotonic()  # idle time starts now, not before a long load
         return engine
 
-    def _plan(self, source: ModelSource, facts: ModelFacts) -> MemoryEstimate:
-        return plan_memory(
-            facts,
-            name=source.name,
-            budget=self.budget_bytes,
-            concurrency=self.settings.performance.max_concurrent_requests,
-            prefill_step=self.settings.performance.prefill_step_size,
-            configured_context=self.settings.model.context_length,
-            prefix_cache_bytes=prefix_cache_bytes(self.settings),
-        )
-
     async def _load(self, served: ServedModel) -> Engine:
         served.error = served.error_signature = None
         name = served.source.name
         try:
             facts = await self._off_loop(check_source, served.source)
-            estimate = self._plan(served.source, facts)
+            plan = plan_for(facts, self.settings, name=name)
             async with self._admission:
-                await self._make_room(served, estimate.total)
-                served.estimate = estimate
-            if estimate.context_length < facts.context_length and not self.settings.model.context_length:
+                await self._make_room(served, plan.reserved)
+                served.plan = plan
+            if plan.context_length < facts.context_length and not self.settings.model.context_length:
                 logger.warning(
-                    "{}: serving a {}-token context window instead of the model's {} to stay "
-                    "within the memory budget; set model.context_length or lower "
-                    "performance.max_concurrent_requests to choose",
-                    name, estimate.context_length, facts.context_length,
+                    "{}: serving a {}-token context window instead of the model's {} to stay within the "
+                    "memory budget; set performance.kv_cache_bits to 8 or 4 for a longer one",
+                    name, plan.context_length, facts.context_length,
                 )  # fmt: skip
+            self._log_windows(name, facts)
             loaded = await self._off_loop(load_source, served.source)
             await self._off_loop(self._choose_layout, loaded)
+            # The layout may have added a twin: the KV pool is what is left beside what loaded.
+            plan = served.plan = replace(plan, weights=loaded.weight_bytes)
             engine = Engine(
                 loaded.model,
                 loaded.tokenizer,
                 name=name,
-                context_length=min(estimate.context_length, loaded.context_length),
-                config=self.engine_config,
+                context_length=min(plan.context_length, loaded.context_length),
+                config=replace(self.engine_config(plan), prefix_disk=await self._off_loop(self._disk_tier, loaded)),
                 batch_model=loaded.batch_model,
-                disk=await self._off_loop(self._disk_store, loaded),
             )
             if self.settings.performance.warmup:
                 served.warmup_seconds = await engine.warmup()
                 logger.info("warmed up {} in {:.2f}s", name, served.warmup_seconds)
         except BaseException as exc:
-            served.estimate = None
+            served.plan = None
             if isinstance(exc, PensieveError) and not isinstance(exc, OverloadedError):
                 served.error = exc.message
                 served.error_signature = source_signature(served.source)
@@ -197,10 +213,26 @@ class ModelPool:
             raise
         served.loaded, served.engine = loaded, engine
         served.last_used = time.monotonic()
-        logger.info(
-            "model {} ready: loaded in {:.2f}s, estimated {}", name, loaded.load_seconds, estimate.describe()
-        )
+        self._rebalance()
+        logger.info("model {} ready: loaded in {:.2f}s; memory plan: {}", name, loaded.load_seconds, plan.describe())
         return engine
+
+    def _disk_tier(self, loaded: LoadedModel) -> DiskTier | None:
+        """Where the model's prefixes are kept on disk; None when the disk tier is off."""
+        perf = self.settings.performance
+        if perf.prefix_cache_disk_gb <= 0:
+            return None
+        identity = model_identity(loaded.source.path, loaded.layout)
+        return DiskTier(perf.prefix_cache_path, int(perf.prefix_cache_disk_gb * 1024**3), identity)
+
+    def _log_windows(self, name: str, facts: ModelFacts) -> None:
+        n = self.settings.performance.max_concurrent_requests
+        rows = [
+            f"{'unquantized' if w.kv_bits is None else f'{w.kv_bits}-bit'} KV: "
+            + (f"{w.single} tokens alone, {w.concurrent} each at {n}" if w.single else "does not fit")
+            for w in windows(facts, self.settings)
+        ]
+        logger.info("{}: windows on this budget: {}", name, "; ".join(rows))
 
     def _choose_layout(self, loaded: LoadedModel) -> None:
         """Unpack a quantized model where this backend computes faster that way (metal/layout.py)."""
@@ -221,28 +253,11 @@ class ModelPool:
         logger.info("{}: weights {} on the {} backend ({:.0f} MB)",
                     loaded.source.name, loaded.layout, backend, loaded.weight_bytes / 1e6)  # fmt: skip
 
-    def _disk_store(self, loaded: LoadedModel) -> DiskPrefixStore | None:
-        """The model's share of the prefix cache's disk tier; None when it is off or unusable."""
-        perf = self.settings.performance
-        if perf.prefix_cache_disk_gb <= 0 or self.engine_config.prefix_cache_bytes <= 0:
-            return None
-        try:
-            return DiskPrefixStore(
-                perf.prefix_cache_path,
-                int(perf.prefix_cache_disk_gb * 1024**3),
-                model=model_identity(loaded.source.path, loaded.layout),
-                name=loaded.source.name,
-            )
-        except OSError as exc:
-            logger.warning("prefix cache: cannot use {} ({}); {}'s prefixes are kept in memory only. "
-                           "Check performance.prefix_cache_dir", perf.prefix_cache_path, exc, loaded.source.name)  # fmt: skip
-            return None
-
     async def _make_room(self, served: ServedModel, need: int) -> None:
         """Unload idle models, least recently used first, until `need` more bytes fit."""
         while True:
-            others = [m for m in self._models.values() if m is not served and m.estimate is not None]
-            in_use = sum(m.estimate.total for m in others if m.estimate is not None)
+            others = [m for m in self._models.values() if m is not served and m.plan is not None]
+            in_use = sum(m.plan.reserved for m in others if m.plan is not None)
             if in_use + need <= self.budget_bytes:
                 return
             idle = [m for m in others if m.engine is not None and not m.busy]
@@ -259,12 +274,13 @@ class ModelPool:
 
     async def _unload(self, served: ServedModel, reason: str) -> None:
         engine = served.engine
-        served.engine = served.loaded = served.estimate = None
+        served.engine = served.loaded = served.plan = None
         if engine is not None:
             await self._off_loop(engine.close)
             del engine
             gc.collect()
             mx.clear_cache()
+        self._rebalance()
         logger.info("unloaded {} ({})", served.source.name, reason)
 
     async def _unload_idle(self) -> None:
@@ -302,8 +318,9 @@ class ModelPool:
 
     def _describe(self, served: ServedModel) -> ModelStatus:
         status = describe_source(served.source, self.settings, served.state)
-        if served.estimate is not None:
-            status = replace(status, estimated_bytes=served.estimate.total)
+        if served.plan is not None:
+            plan = served.plan
+            status = replace(status, estimated_bytes=plan.reserved, concurrent_context_length=plan.window_at(plan.concurrency))
         if served.loaded is not None and served.engine is not None:
             status = replace(
                 status,
@@ -314,6 +331,7 @@ class ModelPool:
                 warmup_seconds=round(served.warmup_seconds, 3),
                 idle_seconds=round(time.monotonic() - served.last_used, 1),
                 load=served.engine.load,
+                kv=served.engine.kv_status(),
                 prefix_cache=served.engine.prefix_cache,
             )
         return replace(status, error=served.error) if served.error else status
@@ -330,7 +348,7 @@ class ModelPool:
         return DiskCacheReport(str(perf.prefix_cache_path), nbytes, files, int(perf.prefix_cache_disk_gb * 1024**3))
 
     def memory(self) -> MemoryReport:
-        reserved = sum(m.estimate.total for m in self._models.values() if m.estimate is not None)
+        reserved = sum(m.plan.reserved for m in self._models.values() if m.plan is not None)
         stats = memory_stats()
         return MemoryReport(
             active_bytes=stats.active_bytes,
@@ -350,5 +368,5 @@ class ModelPool:
                 served.loading.cancel()
             if served.engine is not None:
                 await self._off_loop(served.engine.close)
-                served.engine = served.loaded = served.estimate = None
+                served.engine = served.loaded = served.plan = None
         await asyncio.to_thread(self._threads.shutdown, wait=True, cancel_futures=True)

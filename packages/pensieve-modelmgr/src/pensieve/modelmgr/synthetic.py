@@ -46,6 +46,43 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,
         "max_position_embeddings": 32768,
     },
+    # Long prompts are cheap on a CPU (two 64-wide heads), its KV cache is most of what a
+    # sequence holds (8 KB per token in float32, 64 MB for its 8k window), and its head size
+    # holds whole quantization groups: memory-budget and quantized-KV tests.
+    "long-llama": {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "num_hidden_layers": 8,
+        "intermediate_size": 512,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
+    },
+    # Qwen3-Coder-30B-A3B's shape (30B mixture of experts, 3B active); the vocabulary is the
+    # embedded tokenizer's.
+    "qwen3-coder-30b-a3b": {
+        "model_type": "qwen3_moe",
+        "hidden_size": 2048,
+        "num_hidden_layers": 48,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000000.0,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 262144,
+    },
     # Phi-3-mini's shape (3.8B); the vocabulary is the embedded tokenizer's.
     "phi3-mini": {
         "model_type": "phi3",

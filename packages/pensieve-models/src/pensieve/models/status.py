@@ -38,6 +38,20 @@ class EngineLoad:
 
 
 @dataclass(frozen=True, slots=True)
+class KVStatus:
+    """A loaded model's KV memory: its share of the budget and who holds it."""
+
+    capacity_bytes: int
+    sequences_bytes: int
+    """Held by the sequences running now."""
+    prefix_cache_bytes: int
+    """Held by cached prefixes (given back first when a live request needs room)."""
+    preemptions: int
+    """Sequences paused for memory and resumed later, since the model loaded."""
+    kv_cache_bits: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CacheTier:
     """One tier of a model's prefix cache: lookups it answered, lookups it could not, and what
     it holds. A lookup goes to memory first and to disk only when memory missed, so the disk's
@@ -79,7 +93,10 @@ class ModelStatus:
     state: ModelState
     quantization: str | None = None
     context_length: int | None = None
-    """The window requests get: the plan's when loaded, else the model's own (or the configured one)."""
+    """The window one conversation gets on this machine's budget (the model's own if it fits)."""
+    concurrent_context_length: int | None = None
+    """The window each of `performance.max_concurrent_requests` conversations could have at once."""
+    kv_cache_bits: int | None = None
     size_bytes: int | None = None
     estimated_bytes: int | None = None
     weight_bytes: int | None = None
@@ -88,6 +105,7 @@ class ModelStatus:
     warmup_seconds: float | None = None
     idle_seconds: float | None = None
     load: EngineLoad | None = None
+    kv: KVStatus | None = None
     prefix_cache: PrefixCacheStats | None = None
     error: str | None = None
 

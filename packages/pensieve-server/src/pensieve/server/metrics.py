@@ -48,6 +48,8 @@ class _ProviderCollector(Collector):
         load = GaugeMetricFamily("pensieve_model_load_seconds", "Seconds the last load of a model took", labels=["model"])
         weights = GaugeMetricFamily("pensieve_model_weight_bytes", "Bytes of a loaded model's weights", labels=["model"])
         state = GaugeMetricFamily("pensieve_model_state", "1 for each model's current state", labels=["model", "state"])
+        kv = GaugeMetricFamily("pensieve_kv_bytes", "A loaded model's KV memory: its capacity and who holds it", labels=["model", "kind"])
+        preempted = CounterMetricFamily("pensieve_preemptions", "Sequences paused for memory and resumed later", labels=["model"])
         for model in models:
             state.add_metric([model.name, model.state], 1)
             if model.load is not None:
@@ -57,7 +59,12 @@ class _ProviderCollector(Collector):
                 load.add_metric([model.name], model.load_seconds)
             if model.weight_bytes is not None:
                 weights.add_metric([model.name], model.weight_bytes)
-        yield from (queue, active, load, weights, state)
+            if model.kv is not None:
+                kv.add_metric([model.name, "capacity"], model.kv.capacity_bytes)
+                kv.add_metric([model.name, "sequences"], model.kv.sequences_bytes)
+                kv.add_metric([model.name, "prefix_cache"], model.kv.prefix_cache_bytes)
+                preempted.add_metric([model.name], model.kv.preemptions)
+        yield from (queue, active, load, weights, state, kv, preempted)
         yield from _prefix_cache_families(models)
         memory = GaugeMetricFamily("pensieve_mlx_memory_bytes", "MLX allocator memory", labels=["kind"])
         for key, value in self.provider.memory().as_dict().items():

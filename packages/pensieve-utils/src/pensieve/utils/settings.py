@@ -83,14 +83,24 @@ class ModelSettings(_Section):
 
 class PerformanceSettings(_Section):
     max_concurrent_requests: int = Field(5, ge=1)
-    """Sequences decoded together in one batch."""
+    """The most sequences decoded together; memory decides how many actually run (a request
+    that does not fit yet waits its turn)."""
     max_queued_requests: int = Field(32, ge=0)
     """Requests allowed to wait for a batch slot; beyond that clients get a 429."""
     prefill_step_size: int = Field(2048, ge=16)
     """Prompt tokens processed per forward pass during prefill."""
     prefix_cache_mb: float | None = Field(None, ge=0)
-    """Memory for reusing the KV cache of a repeated prompt prefix (Claude Code's system prompt);
-    unset means a quarter of the memory budget, 0 turns the cache off."""
+    """The most memory for reusing the KV cache of a repeated prompt prefix (Claude Code's system
+    prompt). Unset: whatever the KV pool has spare (it gives memory back before a live request
+    goes short); 0 turns the cache off."""
+    prefix_cache_entries: int = Field(16, ge=1)
+    """The most prefixes kept in memory (a conversation's entry is replaced by its next turn)."""
+    kv_cache_bits: Literal["none", 8, 4] = "none"
+    """Store keys and values at 8 or 4 bits (about half or a quarter of their memory, so the
+    window grows that much), or as the model computes them ("none")."""
+    idle_release_s: float = Field(600.0, ge=0)
+    """After this long with no request, the prefix cache and MLX's buffer cache go back to the
+    machine (the model stays loaded; see model.keep_alive_s for that); 0 never."""
     prefix_cache_disk_gb: float = Field(16.0, ge=0)
     """Disk space for prompt prefixes kept across restarts and model switches (Claude Code's system
     prompt and tools), least recently used dropped first; 0 turns the disk tier off."""
