@@ -23,6 +23,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from mlx_lm.models.cache import KVCache
 
 from pensieve.engine import disk_files
 from pensieve.modelmgr.synthetic import make_random_model
@@ -67,6 +68,11 @@ def prefix_files(home: Path) -> list[Path]:
 
 
 FIRST = [{"role": "user", "content": "Which module should I tidy first?"}]
+
+
+def checks_out(path: Path) -> None:
+    """The file passes every check for the tiny llama (two plain KV layers); BadFile if not."""
+    disk_files.read(disk_files.read_header(path), [KVCache(), KVCache()])
 
 
 def test_after_a_restart_the_shared_prefix_comes_from_disk(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -129,7 +135,7 @@ def test_a_damaged_file_costs_a_prefill_and_a_warning_never_a_wrong_answer(
     assert again.usage.cache_read_input_tokens == 0  # prefilled as if nothing were kept
     assert again.content == cold.content  # the same answer, token for token
     assert any("prefix cache: discarding" in w for w in warnings_logged), warnings_logged
-    disk_files.read(disk_files.read_header(path))  # written again, whole, by the second server
+    checks_out(path)  # written again, whole, by the second server
 
 
 def test_files_of_other_weights_are_never_used(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -201,7 +207,7 @@ def test_two_servers_share_one_folder_without_harming_each_others_files(tiny_mod
         files = list(shared.glob("*.safetensors"))
         assert sum(p.stat().st_size for p in files) <= bound_gb * 1024**3
         for path in files:  # whatever is left is whole and checks out
-            disk_files.read(disk_files.read_header(path))
+            checks_out(path)
         assert not list(shared.glob(".*.tmp"))
 
         status = pensieve_cli("status", env={"PENSIEVE_HOME": str(a.home)})
@@ -227,3 +233,25 @@ def metrics(server: CliServer) -> str:
     request = urllib.request.Request(f"{server.base_url}/metrics", headers={"x-api-key": API_KEY})
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.read().decode()
+
+
+def test_a_quantized_kv_cache_survives_a_restart_and_never_meets_a_plain_one(tmp_path: Path) -> None:
+    """`performance.kv_cache_bits = 8` on a model whose heads hold whole quantization groups."""
+    model = make_random_model(tmp_path / "long-llama", "long-llama", seed=0)
+    quantized = make_settings(model, tmp_path, performance__kv_cache_bits=8)
+    question = [{"role": "user", "content": "Which module first?"}]
+    with ServerThread(quantized) as server:
+        first = session_on(server, question)
+    with ServerThread(quantized) as server:
+        again = session_on(server, [{"role": "user", "content": "And which tests?"}])
+        assert server.call(server.pool.engine(None)).kv_status().kv_cache_bits == 8
+    assert again.usage.cache_read_input_tokens >= 0.9 * first.usage.input_tokens
+    with ServerThread(make_settings(model, tmp_path)) as server:  # the same weights, unquantized KV
+        plain = session_on(server, question)
+    assert plain.usage.cache_read_input_tokens == 0
+
+
+def session_on(server: ServerThread, messages: list[dict[str, Any]]) -> anthropic.types.Message:
+    client = anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY, max_retries=0)
+    system = " ".join(f"Rule {i}: keep module {i % 31} small." for i in range(120))
+    return client.messages.create(model="claude-opus-4-8", max_tokens=4, system=system, messages=messages)

@@ -21,8 +21,9 @@ from mlx_lm import load
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from pensieve.engine import disk_files
-from pensieve.engine.disk_cache import DiskPrefixStore
+from pensieve.engine.disk_cache import DiskPrefixStore, DiskTier
 from pensieve.engine.prefix_cache import PrefixCache
+from pensieve.engine.quantized_cache import QuantizedKV
 
 MIN = 64
 PROMPT = [(i * 7919) % 40000 + 100 for i in range(600)]
@@ -50,7 +51,9 @@ def stores(tmp_path: Path) -> Iterator[Any]:
     made: list[DiskPrefixStore] = []
 
     def make(max_bytes: int = 1 << 30, model: str = "tiny", kv_bits: int | None = None) -> DiskPrefixStore:
-        store = DiskPrefixStore(tmp_path / "prefixes", max_bytes, model=model, kv_bits=kv_bits, min_tokens=MIN)
+        """A store for an engine of the tiny model's two layers, at `kv_bits` (None: plain)."""
+        template = [KVCache() if kv_bits is None else QuantizedKV(64, kv_bits) for _ in range(2)]
+        store = DiskPrefixStore(DiskTier(tmp_path / "prefixes", max_bytes, model, MIN), template=template)
         made.append(store)
         return store
 
@@ -109,7 +112,7 @@ def test_quantized_caches_round_trip_and_never_meet_another_bit_width(bits: int,
     assert stores(kv_bits=None).lookup([*PROMPT[:300], 1]) is None
     assert stores(kv_bits=12 - bits).lookup([*PROMPT[:300], 1]) is None
     cache, n = stores(kv_bits=bits).lookup([*PROMPT[:300], 1]) or (None, 0)
-    assert n == 300 and cache is not None and type(cache[0]).__name__ == "QuantizedKVCache"
+    assert n == 300 and cache is not None and type(cache[0]) is QuantizedKV  # the engine's batchable class
     assert cache[0].bits == bits
     for got, want in zip(cache, layers, strict=True):
         assert all(mx.array_equal(a, b[..., :300, :]) for a, b in zip(got.keys, want.keys, strict=True))
