@@ -230,3 +230,10 @@ def test_a_full_disk_is_a_warning_and_the_next_write_works(
     for link in store.directory.glob(".*.tmp"):
         link.unlink()
     kept(store, PROMPT[:300], prefilled)
+
+
+def test_a_folder_that_cannot_be_made_leaves_memory_alone_with_a_warning(tmp_path: Path, warnings_logged: list[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert DiskPrefixStore.open(DiskTier(blocker / "prefixes", 1 << 30, "tiny"), [KVCache()], "tiny") is None
+    assert any("cannot use" in w and "kept in memory only" in w for w in warnings_logged)

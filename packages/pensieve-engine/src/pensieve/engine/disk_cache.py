@@ -91,6 +91,18 @@ class DiskPrefixStore:
         )
         self._writer.start()
 
+    @classmethod
+    def open(cls, tier: DiskTier | None, template: list[Any], name: str) -> DiskPrefixStore | None:
+        """The store, or None when there is no tier or its folder cannot be made (a warning)."""
+        if tier is None:
+            return None
+        try:
+            return cls(tier, template=template, name=name)
+        except OSError as exc:
+            logger.warning("prefix cache: cannot use {} ({}); {}'s prefixes are kept in memory only. "
+                           "Check performance.prefix_cache_dir", tier.directory, exc, name)  # fmt: skip
+            return None
+
     # -- compute thread ---------------------------------------------------------------------
 
     def lookup(self, tokens: list[int], at_least: int = 0) -> tuple[list[Any], int] | None:

@@ -101,8 +101,8 @@ class Engine:
         if config.kv_bits and kv_bits is None:
             logger.warning("{}: its head size does not hold whole groups of {}; the KV cache stays unquantized", name, GROUP_SIZE)
         self._heads = getattr(getattr(model, "args", None), "num_attention_heads", 1) or 1
-        self.disk = self._open_disk(config.prefix_disk, make_cache(model, kv_bits))
-        """The prefix cache's disk tier, when it is on and its folder usable."""
+        self.disk = DiskPrefixStore.open(config.prefix_disk, make_cache(model, kv_bits), name) if config.prefix_cache_bytes > 0 else None
+        """The prefix cache's disk tier, when it is on (below the memory tier) and its folder usable."""
         budget = None
         if config.kv_cost is not None and config.kv_capacity_bytes is not None:
             budget = KVBudget(config.kv_cost, config.kv_capacity_bytes)
@@ -123,16 +123,6 @@ class Engine:
             batch_model=batch_model,
             prefix_lower=self.disk,
         )
-
-    def _open_disk(self, tier: DiskTier | None, template: list[Any]) -> DiskPrefixStore | None:
-        if tier is None or self.config.prefix_cache_bytes <= 0:
-            return None
-        try:
-            return DiskPrefixStore(tier, template=template, name=self.name)
-        except OSError as exc:
-            logger.warning("prefix cache: cannot use {} ({}); {}'s prefixes are kept in memory only. "
-                           "Check performance.prefix_cache_dir", tier.directory, exc, self.name)  # fmt: skip
-            return None
 
     def _prefill_chunk(self, cached: int) -> int:
         """Prompt tokens for the next prefill pass on top of `cached` tokens: n x (cached + n)
