@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pensieve.modelmgr.synthetic import make_random_model
+from pensieve.utils.logging import logger
 from tests.support import CliServer, ServerThread, make_settings
 
 
@@ -15,6 +16,15 @@ from tests.support import CliServer, ServerThread, make_settings
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded 2-layer llama with the embedded tokenizer and a 32k context (fast on CPU)."""
     return make_random_model(tmp_path_factory.mktemp("models") / "tiny-llama", "tiny-llama", seed=0)
+
+
+@pytest.fixture
+def warnings_logged() -> Iterator[list[str]]:
+    """Messages of WARNING and above logged while the test runs (the server logs through loguru)."""
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
+    yield messages
+    logger.remove(sink)
 
 
 @pytest.fixture(scope="session")

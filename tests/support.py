@@ -32,8 +32,16 @@ def free_port() -> int:
 
 
 def make_settings(model: str | Path, home: Path, **overrides: Any) -> Settings:
-    """Settings for a test server: no config file, no environment, warm-up off unless asked."""
-    values: dict[str, Any] = {"model.default": str(model), "performance.warmup": False}
+    """Settings for a test server: no config file, no environment, warm-up off unless asked.
+
+    The prefix cache's disk tier goes under `home` too: an in-process server reads the process
+    environment's state directory, which would be the user's own.
+    """
+    values: dict[str, Any] = {
+        "model.default": str(model),
+        "performance.warmup": False,
+        "performance.prefix_cache_dir": str(home / "state" / "prefix-cache"),
+    }
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return load_settings(overrides=values, env={"PENSIEVE_HOME": str(home)})
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import anthropic
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from tests.support import API_KEY, ServerThread
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_compares_against_mlx_lm_server_end_to_end(tmp_path) -> None:
@@ -43,3 +46,16 @@ def test_profile_shows_each_phase_of_recent_requests(tiny_server: ServerThread) 
     for phase in ("queue s", "tokenize s", "prefill s", "decode s", "detokenize s", "MLX peak GB"):
         assert phase in header
     assert any("/v1/messages" in row for row in rows)
+
+
+def test_disk_cache_bench_replays_claude_codes_request_cold_from_memory_and_from_disk() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "disk_cache_bench.py"), "--quick"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line[:38].strip(): line[38:].split() for line in result.stdout.splitlines() if line.startswith(("cold", "new session"))}
+    assert set(rows) == {"cold (fresh server)", "new session, from memory", "new session after a restart (disk)"}
+    prompt = int(re.search(r"first request: (\d+) tokens", result.stdout)[1])  # type: ignore[index]
+    assert prompt > 15_000 and int(rows["cold (fresh server)"][-1]) == 0
+    assert int(rows["new session, from memory"][-1]) > 0.85 * prompt
+    assert int(rows["new session after a restart (disk)"][-1]) > 0.85 * prompt

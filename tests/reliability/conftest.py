@@ -22,7 +22,6 @@ import pytest
 
 from pensieve.modelmgr import ModelPool
 from pensieve.models import EngineLoad
-from pensieve.utils.logging import logger
 from tests.support import API_KEY, CliServer, ServerThread, make_settings
 
 CONTEXT = 256
@@ -139,15 +138,6 @@ class Stream:
             return self.events[-1] == "[DONE]" and all("error" not in c for c in chunks) and chunks[-1]["choices"][0]["finish_reason"] is not None
         types = [e["type"] for e in self.events]
         return types[0] == "message_start" and types[-1] == "message_stop" and "error" not in types
-
-
-@pytest.fixture
-def warnings_logged() -> Iterator[list[str]]:
-    """Messages of WARNING and above logged while the test runs (the server logs through loguru)."""
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
 
 
 @contextlib.contextmanager

@@ -100,6 +100,10 @@ def _print_status(live: PidInfo, health: dict[str, Any]) -> None:
         rows.append(("model", f"{entry.get('name')} ({detail})"))
     memory = health.get("memory", {})
     rows.append(("memory", f"active {human_bytes(memory.get('active_bytes'))}, peak {human_bytes(memory.get('peak_bytes'))}, cache {human_bytes(memory.get('cache_bytes'))}"))
+    disk = health.get("prefix_cache_disk")
+    if disk:
+        held = f"{human_bytes(disk.get('bytes'))} of prompt prefixes on disk in {disk.get('files', '?')} files"
+        rows.append(("cache", f"{held}, up to {human_bytes(disk.get('max_bytes'))} ({disk.get('path')})"))
     rows.append(("uptime", human_duration(health.get("uptime_s"))))
     requests = health.get("requests", {})
     rows.append(("requests", f"{requests.get('served', '?')} served, {requests.get('in_flight', '?')} in flight"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from pensieve.cli.bench import bench
+from pensieve.cli.cache_cmd import cache
 from pensieve.cli.config_cmd import config
 from pensieve.cli.control import logs, restart, status, stop
 from pensieve.cli.doctor import doctor
@@ -33,3 +34,4 @@ cli.add_command(service)
 cli.add_command(doctor)
 cli.add_command(models)
 cli.add_command(bench)
+cli.add_command(cache)

@@ -1,7 +1,8 @@
 """The messages between a model's compute thread and the request reading its tokens.
 
 Two kinds travel on a request's queue and they never share a field: what the compute thread
-produced for the sequence (`TokenOut`, then one `SequenceEnd` with its `FinishReason`), and
+produced for the sequence (`Admitted` once, `TokenOut`s, then one `SequenceEnd` with its
+`FinishReason`), and
 control signals put there by the request's own event loop (`Signal`: a keep-alive tick, or
 "the client is gone"). Keeping them apart is what lets a reader tell "the model stopped" from
 "nobody is listening" without comparing strings.
@@ -28,6 +29,14 @@ class FinishReason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Admitted:
+    """The sequence has its KV cache: `cached` prompt tokens came from the prefix cache (either
+    tier), the rest will be prefilled. Sent before any token, so a stream can open with the split."""
+
+    cached: int
+
+
+@dataclass(frozen=True, slots=True)
 class TokenOut:
     """One generated token; more follow."""
 
@@ -44,7 +53,7 @@ class SequenceEnd:
     error: BaseException | None = None
 
 
-Output = TokenOut | SequenceEnd
+Output = Admitted | TokenOut | SequenceEnd
 """What the compute thread sends a sequence's reader."""
 
 Sink = Callable[[Output], None]

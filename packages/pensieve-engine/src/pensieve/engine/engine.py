@@ -16,11 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pensieve.engine.channel import FinishReason, Message, SequenceEnd, Signal
+from pensieve.engine.channel import Admitted, FinishReason, Message, SequenceEnd, Signal
+from pensieve.engine.disk_cache import DiskPrefixStore, DiskTier
 from pensieve.engine.kv_budget import KVBudget, KVCost
 from pensieve.engine.output import OutputParser
+from pensieve.engine.prefix_policy import lasting_prefix
 from pensieve.engine.prompt import RenderedPrompt, render_prompt
-from pensieve.engine.quantized_cache import GROUP_SIZE, supports_quantized_kv
+from pensieve.engine.quantized_cache import GROUP_SIZE, make_cache, supports_quantized_kv
 from pensieve.engine.sampling import Sampler, make_sampler
 from pensieve.engine.scheduler import Job, Scheduler, SchedulerConfig
 from pensieve.engine.tokenize import PieceEncoder
@@ -32,6 +34,8 @@ from pensieve.models import (
     GenerationEvent,
     GenerationFailed,
     KVStatus,
+    PrefixCacheStats,
+    Started,
     StopReason,
     Usage,
 )
@@ -61,6 +65,8 @@ class EngineConfig:
     take for them; long prompts then prefill in smaller passes. None: no limit (fused kernel)."""
     idle_release_s: float = 0.0
     """Idle this long, the prefix cache and MLX's buffer cache go back to the machine (0: never)."""
+    prefix_disk: DiskTier | None = None
+    """The prefix cache's disk tier (it needs the memory tier above it); None: memory only."""
 
 
 MIN_PREFILL_CHUNK = 64
@@ -95,6 +101,8 @@ class Engine:
         if config.kv_bits and kv_bits is None:
             logger.warning("{}: its head size does not hold whole groups of {}; the KV cache stays unquantized", name, GROUP_SIZE)
         self._heads = getattr(getattr(model, "args", None), "num_attention_heads", 1) or 1
+        self.disk = DiskPrefixStore.open(config.prefix_disk, make_cache(model, kv_bits), name) if config.prefix_cache_bytes > 0 else None
+        """The prefix cache's disk tier, when it is on (below the memory tier) and its folder usable."""
         budget = None
         if config.kv_cost is not None and config.kv_capacity_bytes is not None:
             budget = KVBudget(config.kv_cost, config.kv_capacity_bytes)
@@ -113,6 +121,7 @@ class Engine:
             budget=budget,
             name=name,
             batch_model=batch_model,
+            prefix_lower=self.disk,
         )
 
     def _prefill_chunk(self, cached: int) -> int:
@@ -159,10 +168,23 @@ class Engine:
             raise PromptTooLongError(len(rendered.tokens), self.context_length)
         return rendered
 
+    def _prepare_with_lasting(self, request: ChatRequest) -> tuple[RenderedPrompt, int]:
+        """The prompt, and how much of it is worth keeping on disk after the request (0: none)."""
+        rendered = self.prepare(request)
+        if self.disk is None or len(rendered.tokens) < self.disk.min_tokens:
+            return rendered, 0
+        return rendered, lasting_prefix(self.tokenizer, request, rendered, self._encoder.encode)
+
     def count_tokens(self, request: ChatRequest) -> int:
         return len(render_prompt(self.tokenizer, request, self._encoder.encode).tokens)
 
     # -- generation -------------------------------------------------------------------------
+
+    @property
+    def prefix_cache(self) -> PrefixCacheStats | None:
+        """Hits, misses and what each tier holds; None when the prefix cache is off."""
+        cache = self._scheduler.prefix_cache
+        return cache.stats() if cache is not None else None
 
     @property
     def load(self) -> EngineLoad:
@@ -189,9 +211,9 @@ class Engine:
         try:
             profile = RequestProfile()
             start = time.perf_counter()
-            rendered = await asyncio.to_thread(self.prepare, request)
+            rendered, lasting = await asyncio.to_thread(self._prepare_with_lasting, request)
             profile.add("tokenize", time.perf_counter() - start)
-            yield Generation(self, request, rendered, profile)
+            yield Generation(self, request, rendered, profile, lasting=lasting)
         finally:
             self._inflight -= 1
 
@@ -246,7 +268,13 @@ class Generation:
     """
 
     def __init__(
-        self, engine: Engine, request: ChatRequest, rendered: RenderedPrompt, profile: RequestProfile | None = None
+        self,
+        engine: Engine,
+        request: ChatRequest,
+        rendered: RenderedPrompt,
+        profile: RequestProfile | None = None,
+        *,
+        lasting: int = 0,
     ) -> None:
         self.engine = engine
         self.request = request
@@ -254,6 +282,8 @@ class Generation:
         self.profile = profile or RequestProfile()
         self.produced = 0
         """Tokens generated so far: read by the server's live view of requests in flight."""
+        self.lasting = lasting
+        """Leading prompt tokens worth keeping after the request (`prefix_policy`)."""
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
 
     def nudge(self) -> None:
@@ -278,6 +308,7 @@ class Generation:
             loop=asyncio.get_running_loop(),
             sink=queue.put_nowait,
             sampler=engine.sampler_for(request),
+            persist=self.lasting,
         )
         parser = OutputParser.for_prompt(engine.tokenizer, rendered, request)
         detok = copy.copy(engine.tokenizer.detokenizer)
@@ -301,6 +332,9 @@ class Generation:
                     return
                 if isinstance(message, Signal):  # NUDGE
                     yield None
+                    continue
+                if isinstance(message, Admitted):
+                    yield Started(Usage(input_tokens=len(prompt), cache_read_input_tokens=message.cached))
                     continue
                 if isinstance(message, SequenceEnd) and message.reason is FinishReason.ERROR:
                     logger.opt(exception=message.error).error("generation failed for {}", request.request_id)

@@ -37,9 +37,9 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import trim_prompt_cache
 
-from pensieve.engine.channel import FinishReason, Output, SequenceEnd, Sink, TokenOut
+from pensieve.engine.channel import Admitted, FinishReason, Output, SequenceEnd, Sink, TokenOut
 from pensieve.engine.kv_budget import KVBudget, Occupancy
-from pensieve.engine.prefix_cache import PrefixCache
+from pensieve.engine.prefix_cache import LowerTier, PrefixCache
 from pensieve.engine.quantized_cache import make_cache
 from pensieve.engine.solo import SoloSequence
 from pensieve.utils.logging import logger
@@ -56,6 +56,8 @@ class Job:
     sampler: Any = None
     cached: int = 0
     """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
+    persist: int = 0
+    """Leading prompt tokens worth keeping past this request (the prefix cache's lower tier)."""
     history: list[int] = field(default_factory=list)
     """Prompt plus generated tokens (compute thread only)."""
     enqueued_at: float = field(default_factory=time.perf_counter)
@@ -71,6 +73,9 @@ class Job:
     @property
     def remaining(self) -> int:
         return self.max_tokens - (len(self.history) - len(self.prompt))
+
+    def admitted(self) -> None:
+        self._send(Admitted(self.cached))
 
     def emit(self, token: int) -> None:
         self._send(TokenOut(token))
@@ -110,6 +115,7 @@ class Scheduler:
         budget: KVBudget | None = None,
         name: str = "model",
         batch_model: Any = None,
+        prefix_lower: LowerTier | None = None,
     ) -> None:
         self._model = model
         self._batch_model = batch_model if batch_model is not None else model
@@ -123,7 +129,7 @@ class Scheduler:
         # Multi-turn chats and agent sessions re-send a long identical prefix, so only the new
         # tokens are prefilled. Touched on the compute thread only.
         cap = config.prefix_cache_bytes
-        self._prefix = PrefixCache(cap, max_entries=config.prefix_cache_entries) if cap > 0 else None
+        self._prefix = PrefixCache(cap, max_entries=config.prefix_cache_entries, lower=prefix_lower) if cap > 0 else None
         self._inbox: list[Job] = []
         self._waiting: deque[Job] = deque()
         """Admitted by the engine, waiting for memory or a slot; preempted sequences go first."""
@@ -157,6 +163,11 @@ class Scheduler:
     def prefix_bytes(self) -> int:
         return self._prefix.nbytes if self._prefix is not None else 0
 
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """Read its `stats()` from any thread; everything else is the compute thread's."""
+        return self._prefix
+
     def submit(self, job: Job) -> None:
         with self._wake:
             self._inbox.append(job)
@@ -187,6 +198,8 @@ class Scheduler:
     def _run(self) -> None:
         generator = self._new_generator()
         self._ready.set()
+        if self._prefix is not None:
+            self._prefix.warm()  # before any request: the first one after a restart is a hit
         while True:
             with self._wake:
                 while not (self._inbox or self._busy() or self._closing):
@@ -246,7 +259,7 @@ class Scheduler:
         self._waiting.clear()
         generator.close()
         if self._prefix is not None:
-            self._prefix.clear()
+            self._prefix.close()
         mx.synchronize()
         mx.clear_cache()
 
@@ -300,6 +313,7 @@ class Scheduler:
         cache, rest = self._prefix.fetch(job.history) if self._prefix is not None else (None, job.history)
         if first:
             job.cached = len(job.history) - len(rest)
+            job.admitted()
         return SoloSequence(
             self._model,
             job.history,
@@ -311,10 +325,11 @@ class Scheduler:
             prefill_model=self._batch_model,
         )
 
-    def _keep_prefix(self, tokens: list[int], cache: list[Any] | None) -> None:
-        """A finished or stopped sequence leaves its KV cache for the conversation's next turn."""
+    def _keep_prefix(self, tokens: list[int], cache: list[Any] | None, persist: int = 0) -> None:
+        """A finished or stopped sequence leaves its KV cache for the conversation's next turn
+        (and, with `persist`, its lasting prefix to the lower tier)."""
         if self._prefix is not None and tokens and cache:
-            self._prefix.insert(list(tokens), cache)
+            self._prefix.insert(list(tokens), cache, persist)
 
     def _start_waiting(self, generator: BatchGenerator) -> None:
         """Start waiting sequences while slots and memory allow; one prefill at a time."""
@@ -408,8 +423,9 @@ class Scheduler:
             job.end(FinishReason.CANCELLED)
         gone = [uid for uid, job in self._batch.items() if job.cancelled]
         if gone:
-            for cache, tokens in generator.remove(gone, return_prompt_caches=self._prefix is not None).values():
-                self._keep_prefix(tokens, cache)
+            kept = generator.remove(gone, return_prompt_caches=self._prefix is not None)
+            for uid, (cache, tokens) in kept.items():
+                self._keep_prefix(tokens, cache, self._batch[uid].persist)
             for uid in gone:
                 self._batch.pop(uid).end(FinishReason.CANCELLED)
 
@@ -454,7 +470,7 @@ class Scheduler:
         """
         job, sequence = getattr(self, lane)
         cache, _ = sequence.detach()
-        self._keep_prefix(job.history[: sequence.fed], cache)
+        self._keep_prefix(job.history[: sequence.fed], cache, job.persist)
         del sequence, cache
         setattr(self, lane, None)
         return job
@@ -473,7 +489,7 @@ class Scheduler:
                 job.emit(r.token)
                 continue
             job.finished = True
-            self._keep_prefix(r.all_tokens, r.prompt_cache)
+            self._keep_prefix(r.all_tokens, r.prompt_cache, job.persist)
             reason = FinishReason(r.finish_reason)
             # A stop token ends the sequence and is not part of the answer.
             ended.append((r.uid, None if reason is FinishReason.STOP else r.token, reason))

@@ -27,6 +27,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from pensieve.engine import Engine, EngineConfig
+from pensieve.engine.disk_cache import DiskTier
 from pensieve.metal import device_info, memory_stats
 from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model, unpacked_copy
 from pensieve.modelmgr.catalog import (
@@ -39,14 +40,16 @@ from pensieve.modelmgr.catalog import (
 )
 from pensieve.modelmgr.estimate import MemoryPlan, gib
 from pensieve.modelmgr.facts import ModelFacts, source_signature
+from pensieve.modelmgr.fingerprint import model_identity
 from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
-from pensieve.models import MemoryReport, ModelState, ModelStatus
+from pensieve.models import DiskCacheReport, MemoryReport, ModelState, ModelStatus
 from pensieve.utils import ModelLoadError, NotFoundError, OverloadedError, PensieveError, Settings
 from pensieve.utils.blas import openblas_loaded
 from pensieve.utils.logging import logger
 from pensieve.utils.paths import model_store_dir
+from pensieve.utils.prefix_folder import usage as folder_usage
 
 T = TypeVar("T")
 
@@ -194,7 +197,7 @@ class ModelPool:
                 loaded.tokenizer,
                 name=name,
                 context_length=min(plan.context_length, loaded.context_length),
-                config=self.engine_config(plan),
+                config=replace(self.engine_config(plan), prefix_disk=await self._off_loop(self._disk_tier, loaded)),
                 batch_model=loaded.batch_model,
             )
             if self.settings.performance.warmup:
@@ -213,6 +216,14 @@ class ModelPool:
         self._rebalance()
         logger.info("model {} ready: loaded in {:.2f}s; memory plan: {}", name, loaded.load_seconds, plan.describe())
         return engine
+
+    def _disk_tier(self, loaded: LoadedModel) -> DiskTier | None:
+        """Where the model's prefixes are kept on disk; None when the disk tier is off."""
+        perf = self.settings.performance
+        if perf.prefix_cache_disk_gb <= 0:
+            return None
+        identity = model_identity(loaded.source.path, loaded.layout)
+        return DiskTier(perf.prefix_cache_path, int(perf.prefix_cache_disk_gb * 1024**3), identity)
 
     def _log_windows(self, name: str, facts: ModelFacts) -> None:
         n = self.settings.performance.max_concurrent_requests
@@ -321,11 +332,20 @@ class ModelPool:
                 idle_seconds=round(time.monotonic() - served.last_used, 1),
                 load=served.engine.load,
                 kv=served.engine.kv_status(),
+                prefix_cache=served.engine.prefix_cache,
             )
         return replace(status, error=served.error) if served.error else status
 
     def loaded_engines(self) -> list[Engine]:
         return [m.engine for m in self._models.values() if m.engine is not None]
+
+    def disk_cache(self) -> DiskCacheReport | None:
+        """The prefix cache's disk tier as a whole (every model's files); None when it is off."""
+        perf = self.settings.performance
+        if perf.prefix_cache_disk_gb <= 0:
+            return None
+        files, nbytes = folder_usage(perf.prefix_cache_path)
+        return DiskCacheReport(str(perf.prefix_cache_path), nbytes, files, int(perf.prefix_cache_disk_gb * 1024**3))
 
     def memory(self) -> MemoryReport:
         reserved = sum(m.plan.reserved for m in self._models.values() if m.plan is not None)

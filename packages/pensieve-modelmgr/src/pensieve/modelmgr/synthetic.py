@@ -33,6 +33,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": True,
         "max_position_embeddings": 32768,
     },
+    # Qwen2.5-7B's shape (grouped-query attention: 4 KV heads of 128); the embedded vocabulary.
+    "qwen2.5-7b": {
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "num_hidden_layers": 28,
+        "intermediate_size": 18944,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 32768,
+    },
     # Long prompts are cheap on a CPU (two 64-wide heads), its KV cache is most of what a
     # sequence holds (8 KB per token in float32, 64 MB for its 8k window), and its head size
     # holds whole quantization groups: memory-budget and quantized-KV tests.

@@ -7,6 +7,7 @@ from pensieve.models.internal import (
     GenerationEvent,
     GenerationFailed,
     SamplingParams,
+    Started,
     StopReason,
     TextDelta,
     ThinkingDelta,
@@ -15,10 +16,21 @@ from pensieve.models.internal import (
     ToolSpec,
     Usage,
 )
-from pensieve.models.status import EngineLoad, KVStatus, MemoryReport, ModelState, ModelStatus
+from pensieve.models.status import (
+    CacheTier,
+    DiskCacheReport,
+    EngineLoad,
+    KVStatus,
+    MemoryReport,
+    ModelState,
+    ModelStatus,
+    PrefixCacheStats,
+)
 
 __all__ = [
+    "CacheTier",
     "ChatMessage",
+    "DiskCacheReport",
     "EngineLoad",
     "ChatRequest",
     "Finished",
@@ -28,7 +40,9 @@ __all__ = [
     "MemoryReport",
     "ModelState",
     "ModelStatus",
+    "PrefixCacheStats",
     "SamplingParams",
+    "Started",
     "StopReason",
     "TextDelta",
     "ThinkingDelta",

@@ -82,6 +82,18 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Started:
+    """The engine took the prompt in: `usage` says how much of it the prefix cache held.
+
+    It comes before any content, once the compute thread has looked the prompt up in the
+    prefix cache (memory, then disk), so a stream can open with the real split of the prompt
+    into new and cached tokens, as Anthropic's `message_start` does.
+    """
+
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
 
@@ -114,4 +126,4 @@ class GenerationFailed:
     error_type: str = "api_error"
 
 
-GenerationEvent = TextDelta | ThinkingDelta | ToolCallEvent | Finished | GenerationFailed
+GenerationEvent = Started | TextDelta | ThinkingDelta | ToolCallEvent | Finished | GenerationFailed

@@ -52,6 +52,39 @@ class KVStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheTier:
+    """One tier of a model's prefix cache: lookups it answered, lookups it could not, and what
+    it holds. A lookup goes to memory first and to disk only when memory missed, so the disk's
+    hits and misses add up to the memory's misses."""
+
+    hits: int
+    misses: int
+    bytes: int
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixCacheStats:
+    """A loaded model's prefix cache, per tier; `disk` is None when the disk tier is off."""
+
+    memory: CacheTier
+    disk: CacheTier | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiskCacheReport:
+    """The disk tier's folder as a whole: every model's files, against the configured bound."""
+
+    path: str
+    bytes: int
+    files: int
+    max_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return _known(self)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatus:
     """One servable model: its source and, once loaded, what it got."""
 
@@ -73,6 +106,7 @@ class ModelStatus:
     idle_seconds: float | None = None
     load: EngineLoad | None = None
     kv: KVStatus | None = None
+    prefix_cache: PrefixCacheStats | None = None
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

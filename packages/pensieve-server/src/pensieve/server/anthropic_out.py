@@ -11,6 +11,7 @@ from pensieve.models import (
     Finished,
     GenerationEvent,
     GenerationFailed,
+    Started,
     TextDelta,
     ThinkingDelta,
     ToolCallEvent,
@@ -71,6 +72,11 @@ class AnthropicStream:
     The order is Anthropic's: `message_start`, the first `content_block_start`, `ping`, then
     deltas; later pings are keep-alives while nothing is generated (a long prefill). A message
     with no content still gets its one ping, before `message_delta`.
+
+    `message_start` waits for the engine's `Started`, which comes as soon as the prompt is
+    looked up in the prefix cache, so its usage already splits the prompt into new and cached
+    tokens as Anthropic's does (Claude Code reads it there). Until then a keep-alive is an SSE
+    comment; anything else, an error included, sends `message_start` first.
     """
 
     def __init__(self, sse: SSEWriter, model: str, input_tokens: int) -> None:
@@ -80,13 +86,24 @@ class AnthropicStream:
         self.index = -1
         self.open_kind: str | None = None
         self.pinged = False
+        self.started = False
 
     async def begin(self) -> None:
+        """Nothing yet: `message_start` carries the cache split, which `Started` brings."""
+
+    async def _start(self, usage: Usage | None = None) -> None:
+        if self.started:
+            return
+        self.started = True
         message = _message_shell(new_message_id(), self.model)
-        message.update(stop_reason=None, stop_sequence=None, usage=usage_body(Usage(input_tokens=self.input_tokens)))
+        usage = usage or Usage(input_tokens=self.input_tokens)
+        message.update(stop_reason=None, stop_sequence=None, usage=usage_body(usage))
         await self.sse.event("message_start", {"type": "message_start", "message": message})
 
     async def ping(self) -> None:
+        if not self.started:
+            await self.sse.comment("keep-alive")  # a ping may not come before message_start
+            return
         self.pinged = True
         await self.sse.event("ping", {"type": "ping"})
 
@@ -110,6 +127,11 @@ class AnthropicStream:
         await self.sse.event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
 
     async def send(self, event: GenerationEvent | None) -> None:
+        if isinstance(event, Started):
+            await self._start(event.usage)
+            return
+        if event is not None:
+            await self._start()
         if event is None:
             await self.ping()
         elif isinstance(event, TextDelta):
@@ -143,4 +165,5 @@ class AnthropicStream:
             await self.sse.event("message_stop", {"type": "message_stop"})
 
     async def fail(self, error_type: str, message: str) -> None:
+        await self._start()
         await self.sse.event("error", anthropic_error_body(error_type, message, self.sse.request.get(REQUEST_ID)))

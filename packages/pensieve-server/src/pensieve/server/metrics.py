@@ -24,6 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pensieve.models import ModelStatus
 from pensieve.server.observe import RequestSummary
 from pensieve.server.protocols import ModelProvider
 
@@ -64,10 +65,38 @@ class _ProviderCollector(Collector):
                 kv.add_metric([model.name, "prefix_cache"], model.kv.prefix_cache_bytes)
                 preempted.add_metric([model.name], model.kv.preemptions)
         yield from (queue, active, load, weights, state, kv, preempted)
+        yield from _prefix_cache_families(models)
         memory = GaugeMetricFamily("pensieve_mlx_memory_bytes", "MLX allocator memory", labels=["kind"])
         for key, value in self.provider.memory().as_dict().items():
             memory.add_metric([key.removesuffix("_bytes")], value)
         yield memory
+        disk = self.provider.disk_cache()
+        if disk is not None:
+            yield GaugeMetricFamily(
+                "pensieve_prefix_cache_disk_total_bytes", "Bytes of every model's prefixes in the disk tier's folder", value=disk.bytes
+            )
+
+
+def _prefix_cache_families(models: list[ModelStatus]) -> list[GaugeMetricFamily | CounterMetricFamily]:
+    """Per model and tier (`memory`, `disk`): lookups served, lookups not served, bytes held.
+
+    A lookup goes to disk only when memory missed, so a tier's hits over its lookups is its own
+    hit rate. The counters restart when a model is reloaded, as Prometheus counters may.
+    """
+    labels = ["model", "tier"]
+    hits = CounterMetricFamily("pensieve_prefix_cache_hits", "Prompts whose prefix a tier served", labels=labels)
+    misses = CounterMetricFamily("pensieve_prefix_cache_misses", "Prompts a tier was asked for and could not serve", labels=labels)
+    held = GaugeMetricFamily("pensieve_prefix_cache_bytes", "Bytes of KV cache a tier holds for a model", labels=labels)
+    for model in models:
+        stats = model.prefix_cache
+        if stats is None:
+            continue
+        for tier, figures in (("memory", stats.memory), ("disk", stats.disk)):
+            if figures is not None:
+                hits.add_metric([model.name, tier], figures.hits)
+                misses.add_metric([model.name, tier], figures.misses)
+                held.add_metric([model.name, tier], figures.bytes)
+    return [hits, misses, held]
 
 
 class Metrics:

@@ -6,7 +6,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from pensieve.engine import Generation
-from pensieve.models import ChatRequest, MemoryReport, ModelStatus
+from pensieve.models import ChatRequest, DiskCacheReport, MemoryReport, ModelStatus
 
 
 class EngineLike(Protocol):
@@ -28,6 +28,8 @@ class ModelProvider(Protocol):
     def status(self) -> list[ModelStatus]: ...
 
     def memory(self) -> MemoryReport: ...
+
+    def disk_cache(self) -> DiskCacheReport | None: ...
 
     async def start(self) -> None: ...
 

@@ -60,6 +60,7 @@ async def health(request: web.Request) -> web.Response:
         "model": provider.default_name,
         "models": [m.as_dict() for m in models],
         "memory": provider.memory().as_dict(),
+        "prefix_cache_disk": disk.as_dict() if (disk := provider.disk_cache()) is not None else None,
         "device": device_info().as_dict(),
         "uptime_s": round(time.time() - app[STARTED_AT], 3),
         "pid": os.getpid(),

@@ -14,7 +14,7 @@ from typing import Any
 import tomlkit
 from pydantic import BaseModel
 
-from pensieve.utils.paths import log_dir
+from pensieve.utils.paths import log_dir, prefix_cache_dir
 from pensieve.utils.settings import Settings
 
 SECTIONS = ("model", "server", "performance", "logging")
@@ -29,6 +29,7 @@ def _examples() -> dict[str, Any]:
         "model.context_length": 4096,
         "server.cors_origins": ["http://localhost:3000"],
         "logging.file": str(log_dir() / "pensieve.log"),
+        "performance.prefix_cache_dir": str(prefix_cache_dir()),
     }
 
 

@@ -41,6 +41,11 @@ def state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / APP
 
 
+def prefix_cache_dir() -> Path:
+    """The prefix cache's disk tier, unless `performance.prefix_cache_dir` says otherwise."""
+    return state_dir() / "prefix-cache"
+
+
 def log_dir() -> Path:
     if (home := _home_override()) is not None:
         return home / "logs"

