@@ -43,6 +43,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     sink: Sink
     sampler: Any = None
+    constraint: Any = None
+    """Structured output: the sequence's `SequenceConstraint`, or None (unconstrained)."""
     cached: int = 0
     """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
     history: list[int] = field(default_factory=list)
@@ -269,6 +271,7 @@ class Scheduler:
             budget=job.remaining,
             prefill_step_size=self._prefill_step_size,
             prefill_model=self._batch_model,
+            constraint=job.constraint,
         )
 
     def _insert(self, generator: BatchGenerator, job: Job, cache: list[Any] | None, to_feed: list[int]) -> None:
@@ -278,6 +281,7 @@ class Scheduler:
             caches=[cache],
             all_tokens=[job.history[: len(job.history) - len(to_feed)]],
             samplers=[job.sampler],
+            logits_processors=[[job.constraint.batch_processor()] if job.constraint else []],
             stop_sequences=[self._stop],
         )
         self._batch[uid] = job
