@@ -41,9 +41,11 @@ def apply_bitmask(logits: mx.array, words: np.ndarray) -> mx.array:
 class SequenceConstraint:
     """One sequence's position in its grammar; touched by the compute thread only."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, eos: int) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, free: np.ndarray, eos: int) -> None:
         self._matcher = matcher
-        self._words = llnp.allocate_token_bitmask(1, vocab_size)
+        self._free = free
+        """The mask of free text (every token but the special ones): no need to apply it."""
+        self._words = np.empty((1, free.size), dtype=np.int32)
         self._eos = eos
         self.consumed = 0
         """Generated tokens the matcher has seen; the scheduler keeps it equal to the sequence's."""
@@ -56,7 +58,7 @@ class SequenceConstraint:
             self._words[:] = 0
             self._words.view(np.uint32)[0, self._eos // 32] = 1 << (self._eos % 32)
         words = self._words[0]
-        return None if bool((words == -1).all()) else words
+        return None if np.array_equal(words, self._free) else words
 
     def advance(self, token: int) -> None:
         self.consumed += 1
@@ -101,6 +103,7 @@ class Grammars:
         self._max = max_entries
         self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lltok: llguidance.LLTokenizer | None = None
+        self._free: np.ndarray | None = None
         self._lock = threading.Lock()  # prompts are prepared on worker threads, several at once
         self.compiles = 0
         """Grammars compiled so far (the rest were served from the cache)."""
@@ -111,6 +114,10 @@ class Grammars:
             backend = fast.backend_tokenizer
             eos = sorted(self._tokenizer.eos_token_ids)
             self._lltok = llguidance.LLTokenizer(backend.to_str(), n_vocab=len(fast.get_vocab()), eos_token=eos)
+            free = llguidance.LLMatcher(self._lltok, "start: /(.|\\n)*/", log_level=0)
+            words = llnp.allocate_token_bitmask(1, self._lltok.vocab_size)
+            llnp.fill_next_token_bitmask(free, words)
+            self._free = words[0].copy()
         return self._lltok
 
     def constraint(self, lark: str) -> SequenceConstraint:
@@ -132,4 +139,4 @@ class Grammars:
             else:
                 self._compiled.move_to_end(lark)
             matcher = base.deep_copy()
-        return SequenceConstraint(matcher, lltok.vocab_size, min(self._tokenizer.eos_token_ids))
+        return SequenceConstraint(matcher, self._free, min(self._tokenizer.eos_token_ids))  # type: ignore[arg-type]
