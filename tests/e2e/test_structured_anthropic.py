@@ -49,7 +49,7 @@ def forced_call(client: anthropic.Anthropic, tools: list[dict[str, Any]], choice
         "tools": tools,
         "tool_choice": choice,
         "messages": [{"role": "user", "content": f"Fill in a realistic example with {tools[0]['name'] if choice['type'] == 'any' else choice['name']}."}],
-        **SAMPLING,
+        "extra_body": SAMPLING,  # the SDK no longer takes sampling fields for newer models
     }
     if not stream:
         return client.messages.create(**body)
