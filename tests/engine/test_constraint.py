@@ -90,7 +90,7 @@ def test_any_accepts_each_tool(grammars: Grammars, tokenizer: TokenizerWrapper) 
     walk(grammars.constraint(lark), tokenizer, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome", "unit": "f"}}\n</tool_call>')
 
 
-def test_auto_is_free_until_the_call_marker_then_constrained_then_free(grammars: Grammars, tokenizer: TokenizerWrapper) -> None:
+def test_auto_is_free_until_the_call_marker_then_only_calls(grammars: Grammars, tokenizer: TokenizerWrapper) -> None:
     grammar = plan(chat(tools=[WEATHER]), GENERIC)
     assert grammar is not None and not grammar.forced_call
     constraint = grammars.constraint(grammar.lark)
@@ -99,8 +99,13 @@ def test_auto_is_free_until_the_call_marker_then_constrained_then_free(grammars:
     walk(constraint, tokenizer, "Let me check. <tool_call>")
     assert len(allowed(constraint, vocab)) == 1  # the newline after the marker is forced
     walk(constraint, tokenizer, '\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}\n</tool_call>')
-    walk(constraint, tokenizer, " Done, any text again.")
     assert constraint.accepts_eos
+    walk(constraint, tokenizer, '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome", "unit": "f"}}\n</tool_call>')
+    with pytest.raises(AssertionError, match="refused"):
+        walk(constraint, tokenizer, " Done.")  # nothing after the calls
+    single = grammars.constraint(plan(chat(tools=[WEATHER], parallel_tool_calls=False), GENERIC).lark)  # type: ignore[union-attr]
+    walk(single, tokenizer, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}\n</tool_call>')
+    assert list(allowed(single, vocab)) == [min(tokenizer.eos_token_ids)]
 
 
 def test_a_json_answer_follows_its_schema(grammars: Grammars, tokenizer: TokenizerWrapper) -> None:

@@ -8,8 +8,9 @@ The grammar describes the whole output, so one matcher per sequence follows it t
   against the named tool's schema, or, for `any`, against the union of the tools;
 - `tool_choice` `auto` with tools: free text until the model writes the call's start marker (a
   lazy lexeme that stops at the marker, which llguidance matches at the byte level, whatever the
-  tokens), then the rest of the call is constrained to the schema of the tool it names, then free
-  again. Families whose native call body is not that JSON object (XML-like or pythonic calls)
+  tokens), then the rest of the call is constrained to the schema of the tool it names; after it,
+  only further calls (when parallel calls are allowed) or the end, as the prompt told the model
+  ("nothing after them"). Families whose native call body is not that JSON object (XML-like or pythonic calls)
   stay unconstrained under `auto`; forced and strict calls render those families' tools in the
   generic format instead (`prompt.native_tool_calling`), where the grammar applies.
 
@@ -159,9 +160,10 @@ def plan(
         rules.append(f"start: {'think ' if thinking_end else ''}answer")
         rules.append(f"answer: {answer}")
     elif tools and markers is not None:
-        rules.append("start: (text call)* rest")
+        more = f' ("\\n" {_lit(markers.start)} call)*' if request.parallel_tool_calls else ""
+        rules.append(f"start: text_only | text call{more}")
         rules.append(f"text[stop={_lit(markers.start)}]: /(.|\\n)*/")
-        rules.append('rest[stop=""]: /(.|\\n)*/')
+        rules.append('text_only[stop=""]: /(.|\\n)*/')
         rules.append(f"call: \"\\n\" {_json(_call_schema(tools, strict=False))} \"\\n\" {_lit(markers.end)}")
     else:
         return None
