@@ -120,10 +120,3 @@ def test_an_unenforceable_schema_is_a_400_naming_the_feature(client: anthropic.A
             tools=[{"name": "odd", "input_schema": odd, "strict": True}],
         )  # fmt: skip
     assert "tool 'odd'" in info.value.body["error"]["message"] and "propertyNames" in info.value.body["error"]["message"]
-    with pytest.raises(anthropic.BadRequestError) as info:
-        client.messages.create(
-            model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}],
-            tools=[{"name": "t", "input_schema": {"type": "object"}}], tool_choice={"type": "any"},
-            thinking={"type": "enabled", "budget_tokens": 1024},
-        )  # fmt: skip
-    assert "thinking may not be enabled" in info.value.body["error"]["message"]

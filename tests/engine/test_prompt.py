@@ -20,7 +20,14 @@ from pensieve.engine.prompt import (
 )
 from pensieve.modelmgr.embedded import embedded_model_path
 from pensieve.modelmgr.gguf import read_gguf, tokenizer_wrapper_from_gguf
-from pensieve.models import ChatMessage, ChatRequest, ResponseFormat, ToolCall, ToolCallEvent, ToolSpec
+from pensieve.models import (
+    ChatMessage,
+    ChatRequest,
+    ResponseFormat,
+    ToolCall,
+    ToolCallEvent,
+    ToolSpec,
+)
 from pensieve.utils import InvalidRequestError
 
 NATIVE_TEMPLATE = (

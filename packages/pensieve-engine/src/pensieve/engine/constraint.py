@@ -27,6 +27,7 @@ import numpy as np
 from pensieve.utils import InvalidRequestError
 from pensieve.utils.logging import logger
 
+
 def apply_bitmask(logits: mx.array, words: np.ndarray) -> mx.array:
     """`logits` (1, vocab) with every token whose bit is clear in `words` set to -inf."""
     shifts = mx.arange(32, dtype=mx.uint32)  # made here: MLX arrays belong to their thread's stream

@@ -14,15 +14,22 @@ Decisions a reader would otherwise have to reverse-engineer:
 - `thinking` `enabled` and `adaptive` both turn reasoning on (shown as thinking blocks);
   `budget_tokens` is not enforced, the reasoning is bounded by `max_tokens` alone.
 - Structured outputs: `output_config.format` (or the older beta `output_format`) becomes the
-  neutral `ResponseFormat`; a forced `tool_choice` cannot be combined with thinking (a 400, as
-  on Anthropic's API), since the call must start at the first token.
+  neutral `ResponseFormat`. With thinking on, a forced `tool_choice` wins: the call starts at
+  once, unless the template opened a reasoning block, which stays free until it closes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pensieve.models import ChatMessage, ChatRequest, ResponseFormat, SamplingParams, ToolCall, ToolSpec
+from pensieve.models import (
+    ChatMessage,
+    ChatRequest,
+    ResponseFormat,
+    SamplingParams,
+    ToolCall,
+    ToolSpec,
+)
 from pensieve.models import anthropic as wire
 from pensieve.utils import InvalidRequestError
 
@@ -179,13 +186,6 @@ def to_response_format(req: wire.MessagesRequest) -> ResponseFormat | None:
 def to_chat_request(req: wire.MessagesRequest, request_id: str = "") -> ChatRequest:
     tools = to_tools(req.tools)
     choice, parallel = to_tool_choice(req.tool_choice, tools)
-    thinking = req.thinking is not None and req.thinking.type != "disabled"
-    if thinking and tools and choice not in ("auto", "none"):
-        raise InvalidRequestError(
-            "tool_choice: thinking may not be enabled when tool_choice forces tool use; use "
-            "tool_choice auto, or turn thinking off",
-            param="tool_choice",
-        )
     return ChatRequest(
         model=req.model,
         messages=to_messages(req.system, req.messages),
@@ -199,7 +199,7 @@ def to_chat_request(req: wire.MessagesRequest, request_id: str = "") -> ChatRequ
         tools=tools,
         tool_choice=choice,
         parallel_tool_calls=parallel,
-        thinking=thinking,
+        thinking=req.thinking is not None and req.thinking.type != "disabled",
         response_format=to_response_format(req),
         request_id=request_id,
     )

@@ -25,7 +25,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pensieve.models import ChatMessage, ChatRequest, ResponseFormat, SamplingParams, ToolCall, ToolSpec
+from pensieve.models import (
+    ChatMessage,
+    ChatRequest,
+    ResponseFormat,
+    SamplingParams,
+    ToolCall,
+    ToolSpec,
+)
 from pensieve.models import openai as wire
 from pensieve.utils import InvalidRequestError
 
