@@ -221,7 +221,7 @@ def main() -> None:
     first = tools[1]
     cases.append(("any (union of calls)", union, {"name": first["name"], "arguments": instance(first["input_schema"])}))
     print(f"{len(tools)} tools; tokenizer vocabulary {len(tokenizer.get_vocab())}; Python {sys.version.split()[0]}")
-    print("| engine | version | compile median (ms) | compile max (ms) | `any` compile (ms) | mask+advance per token median (us) | p99 (us) | failed |")
+    print("| engine | version | compile median (ms) | compile max (ms) | `any` compile (ms) | first mask median (us) | mask+advance per token median (us) | p99 (us) | failed |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, make in ENGINES.items():
         try:
