@@ -179,3 +179,14 @@ def test_a_thinking_prompt_stays_free_until_the_reasoning_closes(grammars: Gramm
     walk(constraint, tokenizer, "I should look it up.</think>\n")
     walk(constraint, tokenizer, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}\n</tool_call>')
     assert constraint.accepts_eos
+
+
+def test_rewind_returns_to_the_tokens_a_sequence_kept(grammars: Grammars, tokenizer: TokenizerWrapper) -> None:
+    """A failed batched step may have advanced the grammar past what the sequence kept."""
+    constraint = grammars.constraint(plan(chat(tools=[WEATHER], tool_choice="any"), GENERIC).lark)  # type: ignore[union-attr]
+    kept = walk(constraint, tokenizer, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "')
+    walk(constraint, tokenizer, "Bergen")
+    constraint.rewind(len(kept))
+    assert constraint.consumed == len(kept)
+    walk(constraint, tokenizer, 'Oslo", "unit": "c"}}\n</tool_call>')
+    assert constraint.accepts_eos

@@ -49,7 +49,7 @@ class SequenceConstraint:
         self._words = np.empty((1, free.size), dtype=np.int32)
         self._eos = eos
         self.consumed = 0
-        """Generated tokens the matcher has seen; the scheduler keeps it equal to the sequence's."""
+        """Generated tokens the matcher has consumed (none after it stopped: only EOS follows)."""
 
     def mask(self) -> np.ndarray | None:
         """Packed mask of the tokens allowed next, or None when every token is (free text)."""
@@ -62,9 +62,19 @@ class SequenceConstraint:
         return None if np.array_equal(words, self._free) else words
 
     def advance(self, token: int) -> None:
-        self.consumed += 1
-        if not self._matcher.is_stopped() and not self._matcher.consume_token(token):
+        if self._matcher.is_stopped():
+            return
+        if self._matcher.consume_token(token):
+            self.consumed += 1
+        else:
             logger.error("grammar matcher refused token {}: {}", token, self._matcher.get_error())
+
+    def rewind(self, generated: int) -> None:
+        """Back to `generated` tokens: a failed batched step may have advanced past the tokens
+        the sequence kept, and it resumes from those."""
+        if self.consumed > generated:
+            self._matcher.rollback(self.consumed - generated)
+            self.consumed = generated
 
     @property
     def accepts_eos(self) -> bool:

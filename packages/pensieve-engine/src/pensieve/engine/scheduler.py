@@ -225,6 +225,8 @@ class Scheduler:
         if not job.history:  # failed before it was admitted
             job.started_at = time.perf_counter()
             job.history = list(job.prompt)
+        if job.constraint is not None:
+            job.constraint.rewind(len(job.history) - len(job.prompt))
         cache, rest = self._cached_prefix(job.history)
         self._solo = (job, self._solo_for(job, cache, rest))
 
