@@ -8,6 +8,8 @@ figures are about speed only. The constrained requests ask for a JSON array of o
 integer and string fields, keys forced by the grammar) that cannot close before `--tokens`
 tokens, so every generated token is masked; the free requests generate as many tokens. Rows:
 - `free` / `json`: all streams unconstrained / all constrained;
+- `tools`: tools offered under `tool_choice` auto (Claude Code's case): the grammar follows the
+  free text, waiting for a call's start marker, and masks nothing until one comes;
 - `mixed`: one constrained stream among free ones, reporting the free streams' tokens/s (what
   unconstrained neighbours pay for sharing a batch with a grammar).
 Each row is the best of `--runs` after a warm-up; `ratio` is against `free` at the same streams
@@ -26,7 +28,14 @@ from mlx_lm import load
 
 from pensieve.engine import Engine, EngineConfig
 from pensieve.modelmgr.synthetic import make_random_model
-from pensieve.models import ChatMessage, ChatRequest, Finished, ResponseFormat, SamplingParams
+from pensieve.models import (
+    ChatMessage,
+    ChatRequest,
+    Finished,
+    ResponseFormat,
+    SamplingParams,
+    ToolSpec,
+)
 
 
 def schema(min_items: int) -> dict:
@@ -43,13 +52,17 @@ def schema(min_items: int) -> dict:
     return {"type": "object", "properties": {"items": {"type": "array", "items": item, "minItems": min_items}}, "required": ["items"]}
 
 
-def request(i: int, tokens: int, constrained: bool) -> ChatRequest:
+TOOL = ToolSpec(name="record", description="Store a record.", parameters=schema(1)["properties"]["items"]["items"])
+
+
+def request(i: int, tokens: int, mode: str) -> ChatRequest:
     return ChatRequest(
         model="bench",
         messages=[ChatMessage(role="user", content=f"List record number {i} and many more.")],
         max_tokens=tokens,
         sampling=SamplingParams(temperature=0.0),
-        response_format=ResponseFormat(json_schema=schema(tokens)) if constrained else None,
+        response_format=ResponseFormat(json_schema=schema(tokens)) if mode == "json" else None,
+        tools=[TOOL] if mode == "tools" else [],
     )
 
 
@@ -62,7 +75,7 @@ async def measure(engine: Engine, reqs: list[ChatRequest]) -> tuple[float, float
         async for event in engine.generate(req):
             first = first or time.perf_counter()
             if isinstance(event, Finished):
-                spans.append((first, time.perf_counter(), event.usage.output_tokens, req.response_format is None))
+                spans.append((first, time.perf_counter(), event.usage.output_tokens, req.response_format is None and not req.tools))
 
     await asyncio.gather(*(one(r) for r in reqs))
 
@@ -85,18 +98,18 @@ async def main() -> None:
         model, tokenizer = load(str(make_random_model(Path(tmp) / preset, preset, bits=bits)))
     engine = Engine(model, tokenizer, name="bench", context_length=4096, config=EngineConfig(max_concurrent_requests=5))
     await engine.warmup()
-    for constrained in (False, True):  # compile the grammar and the mask kernels
-        await measure(engine, [request(0, 8, constrained), request(1, 8, constrained)])
+    for mode in ("free", "json", "tools"):  # compile the grammars and the mask kernels
+        await measure(engine, [request(0, 8, mode), request(1, 8, mode)])
     print(f"model {preset}{f' {bits}-bit' if bits else ''}, {tokens} tokens per stream, best of {args.runs}")
     print("| streams | mode | tokens/s | ratio |")
     print("|---|---|---|---|")
     for streams in (1, 5):
         free = 0.0
-        modes = ("free", "json") if streams == 1 else ("free", "json", "mixed")
+        modes = ("free", "json", "tools") if streams == 1 else ("free", "json", "tools", "mixed")
         for mode in modes:
             best = 0.0
             for _ in range(args.runs):
-                reqs = [request(i, tokens, mode == "json" or (mode == "mixed" and i == 0)) for i in range(streams)]
+                reqs = [request(i, tokens, "json" if mode == "mixed" and i == 0 else mode) for i in range(streams)]
                 total, unconstrained = await measure(engine, reqs)
                 best = max(best, unconstrained if mode == "mixed" else total)
             if mode == "mixed":
