@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import mlx.core as mx
 import pytest
 from aiohttp import web
@@ -93,7 +94,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("claude-code")
 
 
-def run_claude(claude: Path, workdir: Path, base_url: str, prompt: str) -> subprocess.CompletedProcess[str]:
+def run_claude(claude: Path, workdir: Path, base_url: str, prompt: str, *extra: str) -> subprocess.CompletedProcess[str]:
     home = workdir / "home"
     home.mkdir(exist_ok=True)
     env = {
@@ -106,7 +107,7 @@ def run_claude(claude: Path, workdir: Path, base_url: str, prompt: str) -> subpr
         "DISABLE_AUTOUPDATER": "1",
     }
     return subprocess.run(
-        [str(claude), "-p", prompt, "--allowedTools", "Bash"],
+        [str(claude), "-p", prompt, "--allowedTools", "Bash", *extra],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=540,
     )  # fmt: skip
 
@@ -208,6 +209,63 @@ def test_tool_round_trip_through_claude_code(claude: Path, workdir: Path, tiny: 
     (understood,) = [r for r in seen if r.request_id == with_results[0]["request_id"]]
     tool_turns = [m for m in understood.messages if m.role == "tool"]
     assert tool_turns and tool_turns[-1].tool_call_id == calls[0]["id"] and "PENSIEVE-ROUNDTRIP" in tool_turns[-1].content
+
+
+NAME_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 12}}, "required": ["name"], "additionalProperties": False}
+CALL_START = '<tool_call>\n{"name": "StructuredOutput", "arguments": {"name": "'
+
+
+def start_then_grammar(server: ServerThread, produced: dict[str, list[int]]) -> Any:
+    """A sampler factory: the first request writes CALL_START's tokens, then the model's own
+    most likely token among those the grammar allows, then EOS once the call is closed; the
+    follow-up (with the tool result) ends at once. The random model picks the string's
+    characters; the grammar alone closes the string, the object and the call."""
+    tokenizer = server.call(server.pool.engine(None)).tokenizer
+    eos = min(tokenizer.eos_token_ids)
+
+    def sampler_for(request: ChatRequest) -> Any:
+        if any(m.role == "tool" for m in request.messages) or not request.tools:
+            return lambda logprobs: mx.array([eos], dtype=mx.uint32)
+        start = iter(tokenizer.encode(CALL_START, add_special_tokens=False))
+        tokens = produced.setdefault(request.request_id, [])
+
+        def sample(logprobs: mx.array) -> mx.array:
+            token = next(start, None)
+            if token is None and tokenizer.decode(tokens).endswith("</tool_call>"):
+                token = eos  # the grammar would allow a second call; one is enough here
+            chosen = mx.array([token], dtype=mx.uint32) if token is not None else mx.argmax(logprobs, axis=-1).astype(mx.uint32)
+            tokens.append(int(chosen.item()))
+            return chosen
+
+        return sample
+
+    return sampler_for
+
+
+def test_a_constrained_tool_call_round_trips_through_claude_code(claude: Path, workdir: Path, tiny: RecordingServer) -> None:
+    """`--json-schema` gives Claude Code a StructuredOutput tool; the call's arguments come from
+    the random model inside the grammar, and still validate, parse and come back as Claude
+    Code's structured result."""
+    engine = tiny.call(tiny.pool.engine(None))
+    produced: dict[str, list[int]] = {}
+    before = len(tiny.posts())
+    original, engine.sampler_for = engine.sampler_for, start_then_grammar(tiny, produced)
+    try:
+        done = run_claude(claude, workdir, tiny.base_url, "Name a colour.", "--json-schema", json.dumps(NAME_SCHEMA), "--output-format", "json")
+    finally:
+        engine.sampler_for = original
+    assert done.returncode == 0, done.stderr + done.stdout
+    posts = tiny.posts()[before:]
+    assert [p["status"] for p in posts] == [200] * len(posts)
+    main = main_request(posts[:1])
+    assert "StructuredOutput" in [t["name"] for t in main["request"]["tools"]]
+    eos = set(engine.tokenizer.eos_token_ids)
+    written = engine.tokenizer.decode([t for t in produced[main["request_id"]] if t not in eos])
+    assert written.startswith(CALL_START) and written.endswith("}}\n</tool_call>")  # closed by the grammar
+    arguments = json.loads(written.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>"))["arguments"]
+    jsonschema.validate(arguments, NAME_SCHEMA)
+    result = json.loads(done.stdout)  # Claude Code ran the tool: the call is its final answer
+    assert result["structured_output"] == arguments and not result["is_error"]
 
 
 @pytest.fixture(scope="module")

@@ -223,8 +223,12 @@ def test_unknown_route_is_404_in_openai_shape(client: openai.OpenAI) -> None:
     ("extra", "param", "needle"),
     [
         ({"n": 2}, "n", "one choice per request"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "constrained"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format", "constrained"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "required"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "propertyNames": {"pattern": "^a"}}}}},
+            "response_format.json_schema.schema",
+            "propertyNames",
+        ),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs", "not supported"),
         ({"temperature": "hot"}, "temperature", "valid number"),
         ({"temperature": 2.5}, "temperature", "less than or equal to 2"),

@@ -4,6 +4,7 @@ and a template with native tools, on the conversations real clients send."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -15,11 +16,18 @@ from pensieve.engine.prompt import (
     GENERIC_TOOL_END,
     GENERIC_TOOL_START,
     render_prompt,
-    tool_choice_instruction,
+    response_format_instruction,
 )
 from pensieve.modelmgr.embedded import embedded_model_path
 from pensieve.modelmgr.gguf import read_gguf, tokenizer_wrapper_from_gguf
-from pensieve.models import ChatMessage, ChatRequest, ToolCall, ToolCallEvent, ToolSpec
+from pensieve.models import (
+    ChatMessage,
+    ChatRequest,
+    ResponseFormat,
+    ToolCall,
+    ToolCallEvent,
+    ToolSpec,
+)
 from pensieve.utils import InvalidRequestError
 
 NATIVE_TEMPLATE = (
@@ -106,26 +114,23 @@ def test_tool_history_in_the_generic_format_parses_back(generic: TokenizerWrappe
     assert last_user == "<tool_response>\n18 C\n</tool_response>\n<tool_response>\nError: no station\n</tool_response>\n\nAnd tomorrow?"
 
 
-@pytest.mark.parametrize(
-    ("choice", "parallel", "expected"),
-    [
-        ("auto", True, ""),
-        ("none", True, ""),
-        ("none", False, ""),
-        ("any", True, "In this reply, you must call at least one of the available functions."),
-        ("get_weather", True, "In this reply, you must call the function `get_weather`."),
-        ("auto", False, "Call at most one function in this reply."),
-        ("any", False, "In this reply, you must call at least one of the available functions. Call at most one function in this reply."),
-    ],
-)
-def test_tool_choice_becomes_an_instruction(generic: TokenizerWrapper, choice: str, parallel: bool, expected: str) -> None:
+@pytest.mark.parametrize(("choice", "parallel"), [("auto", True), ("any", True), ("get_weather", True), ("any", False)])
+def test_tool_choice_leaves_the_prompt_alone(generic: TokenizerWrapper, choice: str, parallel: bool) -> None:
+    """Forced choices are enforced by the grammar, so the prompt (and its cached prefix) is the
+    same whatever the choice; `none` hides the tools."""
+    auto = render_prompt(generic, chat(sys("S"), user("Weather?"), tools=[WEATHER]))
     request = chat(sys("S"), user("Weather?"), tools=[WEATHER], tool_choice=choice, parallel_tool_calls=parallel)
-    assert tool_choice_instruction(request) == expected
-    system = render_prompt(generic, request).text.split("<|im_end|>")[0]
-    assert ("# Tools" in system) == (choice != "none")
-    if expected:
-        assert system.endswith("\n\n" + expected)
-    assert tool_choice_instruction(chat(user("x"), tool_choice="any")) == ""  # no tools: nothing to say
+    assert render_prompt(generic, request).text == auto.text and "# Tools" in auto.text
+    assert "# Tools" not in render_prompt(generic, request.model_copy(update={"tool_choice": "none"})).text
+
+
+def test_a_json_answer_shows_the_model_its_schema(generic: TokenizerWrapper) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    request = chat(sys("S"), user("A number?"), response_format=ResponseFormat(json_schema=schema))
+    assert response_format_instruction(request) == f"Reply with a single JSON value and nothing else, following this JSON schema:\n{json.dumps(schema)}"
+    assert render_prompt(generic, request).text.split("<|im_end|>")[0].endswith(json.dumps(schema))
+    assert response_format_instruction(chat(user("x"), response_format=ResponseFormat())) == "Reply with a single JSON object and nothing else."
+    assert response_format_instruction(chat(user("x"))) == ""
 
 
 def test_mid_conversation_system_turns_become_notes_on_a_user_turn(generic: TokenizerWrapper) -> None:
@@ -159,7 +164,7 @@ def test_native_template_gets_tools_calls_results_and_reasoning(native: Tokenize
     assert rendered.template_tools
     assert "# Tools" not in rendered.text  # the template rendered the tools itself
     assert '<tools>{"type": "function", "function": {"name": "get_weather"' in rendered.text
-    assert "Be brief.\n\nIn this reply, you must call at least one of the available functions." in rendered.text
+    assert "Be brief." in rendered.text
     assert '<think>Need the tool.</think><tool_call>get_weather {"city": "Rome"}</tool_call>' in rendered.text
     assert "<|im_start|>tool\n[toolu_9] 25 C<|im_end|>" in rendered.text
     none = render_prompt(native, request.model_copy(update={"tool_choice": "none"}))

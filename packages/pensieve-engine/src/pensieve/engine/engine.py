@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pensieve.engine.channel import Admitted, FinishReason, Message, SequenceEnd, Signal
+from pensieve.engine.constraint import Grammars, SequenceConstraint
 from pensieve.engine.disk_cache import DiskPrefixStore, DiskTier
+from pensieve.engine.grammar import CallMarkers, plan
 from pensieve.engine.kv_budget import KVBudget, KVCost
-from pensieve.engine.output import OutputParser
+from pensieve.engine.output import Markers, OutputParser
 from pensieve.engine.prefix_policy import lasting_prefix
-from pensieve.engine.prompt import RenderedPrompt, render_prompt
+from pensieve.engine.prompt import RenderedPrompt, render_prompt, writes_json_calls
 from pensieve.engine.quantized_cache import GROUP_SIZE, make_cache, supports_quantized_kv
 from pensieve.engine.sampling import Sampler, make_sampler
 from pensieve.engine.scheduler import Job, Scheduler, SchedulerConfig
@@ -94,6 +96,8 @@ class Engine:
         self.config = config
         self._inflight = 0
         self._encoder = PieceEncoder(tokenizer)
+        self.grammars = Grammars(tokenizer)
+        """Structured output's compiled grammars, cached per schema (see `constrain`)."""
         self.sampler_for: Callable[[ChatRequest], Sampler | None] = lambda r: make_sampler(r.sampling)
         """Builds each request's sampler; replaceable so a test can force the output tokens
         while every forward pass, parse and encode stays real."""
@@ -175,6 +179,18 @@ class Engine:
             return rendered, 0
         return rendered, lasting_prefix(self.tokenizer, request, rendered, self._encoder.encode)
 
+    def constrain(self, request: ChatRequest, rendered: RenderedPrompt) -> SequenceConstraint | None:
+        """The grammar the request's output must follow, as a fresh matcher; None if free.
+
+        Raises the 400 for a schema feature that cannot be enforced, before anything is sent.
+        """
+        markers = Markers.for_prompt(self.tokenizer, rendered)
+        writable = markers.tool_start and (not rendered.template_tools or writes_json_calls(self.tokenizer))
+        calls = CallMarkers(markers.tool_start, markers.tool_end or "") if writable else None
+        thinking_end = markers.think_end if markers.opens_thinking(rendered) else None
+        grammar = plan(request, calls, thinking_end=thinking_end)
+        return None if grammar is None else self.grammars.constraint(grammar.lark)
+
     def count_tokens(self, request: ChatRequest) -> int:
         return len(render_prompt(self.tokenizer, request, self._encoder.encode).tokens)
 
@@ -213,7 +229,10 @@ class Engine:
             start = time.perf_counter()
             rendered, lasting = await asyncio.to_thread(self._prepare_with_lasting, request)
             profile.add("tokenize", time.perf_counter() - start)
-            yield Generation(self, request, rendered, profile, lasting=lasting)
+            start = time.perf_counter()
+            constraint = await asyncio.to_thread(self.constrain, request, rendered)
+            profile.add("grammar", time.perf_counter() - start)
+            yield Generation(self, request, rendered, profile, constraint, lasting=lasting)
         finally:
             self._inflight -= 1
 
@@ -273,12 +292,14 @@ class Generation:
         request: ChatRequest,
         rendered: RenderedPrompt,
         profile: RequestProfile | None = None,
+        constraint: SequenceConstraint | None = None,
         *,
         lasting: int = 0,
     ) -> None:
         self.engine = engine
         self.request = request
         self.rendered = rendered
+        self.constraint = constraint
         self.profile = profile or RequestProfile()
         self.produced = 0
         """Tokens generated so far: read by the server's live view of requests in flight."""
@@ -309,6 +330,7 @@ class Generation:
             sink=queue.put_nowait,
             sampler=engine.sampler_for(request),
             persist=self.lasting,
+            constraint=self.constraint,
         )
         parser = OutputParser.for_prompt(engine.tokenizer, rendered, request)
         detok = copy.copy(engine.tokenizer.detokenizer)

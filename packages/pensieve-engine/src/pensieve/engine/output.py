@@ -47,6 +47,11 @@ class Markers:
         tools = (tokenizer.tool_call_start, tokenizer.tool_call_end) if rendered.template_tools else (GENERIC_TOOL_START, GENERIC_TOOL_END)
         return cls(think[0], think[1], tools[0], tools[1])
 
+    def opens_thinking(self, rendered: RenderedPrompt) -> bool:
+        """Whether the prompt ends inside an open reasoning block (templates that open `<think>`
+        for the model), so the output starts as reasoning."""
+        return self.think_start is not None and rendered.text.rstrip().endswith(self.think_start)
+
 
 def _held_tail(text: str, needles: list[str]) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of some needle."""
@@ -130,7 +135,6 @@ class OutputParser:
         model) starts in the thinking state.
         """
         markers = Markers.for_prompt(tokenizer, rendered)
-        opened = markers.think_start is not None and rendered.text.rstrip().endswith(markers.think_start)
         return cls(
             stop=request.stop,
             markers=markers,
@@ -138,7 +142,7 @@ class OutputParser:
             tool_parser=tokenizer.tool_parser if rendered.template_tools else None,
             tools=[t.model_dump() for t in request.tools],
             show_thinking=request.thinking,
-            start_in_thinking=opened,
+            start_in_thinking=markers.opens_thinking(rendered),
         )
 
     def _needles(self) -> list[str]:

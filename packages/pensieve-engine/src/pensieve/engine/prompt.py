@@ -9,9 +9,10 @@ conversation first and, for templates without tool support, renders tools in the
 Normalization, in order: system turns after the first become `[System note]` lines on the next
 user turn; consecutive user turns are joined (Anthropic treats them as one turn, and strict
 templates reject them); tool results follow the template's `tool` role, or become
-`<tool_response>` user turns in the generic format. A `tool_choice` of `any` or a named tool,
-and `disable_parallel_tool_use`, cannot be enforced without constrained decoding, so they
-become an instruction at the end of the system prompt (see `tool_choice_instruction`).
+`<tool_response>` user turns in the generic format. `tool_choice` and `response_format` are
+enforced by constrained decoding (`grammar.py`), not by words; a JSON answer's schema is shown
+to the model at the end of the system prompt, so that what it writes inside the grammar is
+meant (see `response_format_instruction`).
 """
 
 from __future__ import annotations
@@ -50,19 +51,41 @@ class RenderedPrompt:
     the generic format did); see `native_tool_calling`."""
 
 
-def native_tool_calling(tokenizer: Any) -> bool:
+JSON_CALL_PARSERS = frozenset({"mlx_lm.tool_parsers.json_tools"})
+"""Families whose calls are `START{"name": …, "arguments": …}END`, which a grammar can write."""
+
+
+def writes_json_calls(tokenizer: Any) -> bool:
+    """Whether the family's native tool calls are the JSON object the grammar constrains."""
+    parser = getattr(tokenizer, "tool_parser", None)
+    return getattr(parser, "__module__", None) in JSON_CALL_PARSERS
+
+
+def calls_must_validate(request: ChatRequest) -> bool:
+    """Whether a tool call is forced or promised to validate (`strict`), not merely steered."""
+    if not request.tools or request.tool_choice == "none":
+        return False
+    return request.tool_choice != "auto" or any(t.strict for t in request.tools)
+
+
+def native_tool_calling(tokenizer: Any, request: ChatRequest | None = None) -> bool:
     """Whether tools go through the model's own template and its own call markers.
 
     Both halves are needed: a template that renders tools (it reads the `tools` variable), and
     call markers mlx-lm knows for the family (`has_tool_calling`, with its parser), so that what
     the template taught the model to write can be parsed back. A model with only one of the two
-    gets the generic `<tool_call>` format for both rendering and parsing. This is the one place
-    that answers the question; rendering and output parsing both follow `template_tools`.
+    gets the generic `<tool_call>` format for both rendering and parsing. So does a request whose
+    calls must validate (forced or strict) on a family whose native calls are not the JSON object
+    the grammar writes. This is the one place that answers the question; rendering, output
+    parsing and the grammar all follow `template_tools`.
     """
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):
         template = " ".join(str(t) for t in template.values())
-    return "tools" in template and bool(getattr(tokenizer, "has_tool_calling", False))
+    native = "tools" in template and bool(getattr(tokenizer, "has_tool_calling", False))
+    if native and request is not None and calls_must_validate(request):
+        return writes_json_calls(tokenizer)
+    return native
 
 
 def _tool_json(tool: ToolSpec) -> dict[str, Any]:
@@ -109,23 +132,19 @@ def _fold_system_turns(messages: list[ChatMessage]) -> list[ChatMessage]:
     return out
 
 
-def tool_choice_instruction(request: ChatRequest) -> str:
-    """What the model is told when the client restricts its use of tools; "" for `auto`.
+def response_format_instruction(request: ChatRequest) -> str:
+    """What the model is told when its answer must be JSON; "" otherwise.
 
-    A local model samples freely, so `any`, a named tool and `disable_parallel_tool_use` are
-    requests to the model, not guarantees (the engine does stop after the first complete call
-    when parallel calls are off). `none` needs no words: the tools are not shown at all.
+    The grammar guarantees the shape whatever the model intends; telling it the schema makes the
+    values it writes inside that shape the ones it means. Tool choices need no words: the call's
+    markers and name are forced by the grammar, and the tools are already described.
     """
-    if not request.tools or request.tool_choice == "none":
+    fmt = request.response_format
+    if fmt is None:
         return ""
-    notes = []
-    if request.tool_choice == "any":
-        notes.append("In this reply, you must call at least one of the available functions.")
-    elif request.tool_choice != "auto":
-        notes.append(f"In this reply, you must call the function `{request.tool_choice}`.")
-    if not request.parallel_tool_calls:
-        notes.append("Call at most one function in this reply.")
-    return " ".join(notes)
+    if fmt.json_schema is None:
+        return "Reply with a single JSON object and nothing else."
+    return f"Reply with a single JSON value and nothing else, following this JSON schema:\n{json.dumps(fmt.json_schema)}"
 
 
 def _add_to_system(messages: list[ChatMessage], text: str) -> None:
@@ -175,7 +194,7 @@ def _template_messages(request: ChatRequest, native_tools: bool) -> list[dict[st
             messages,
             _GENERIC_TOOL_PREAMBLE.format(tools="\n".join(json.dumps(_tool_json(t)) for t in request.tools)),
         )
-    _add_to_system(messages, tool_choice_instruction(request))
+    _add_to_system(messages, response_format_instruction(request))
 
     rendered: list[dict[str, Any]] = []
     for msg in messages:
@@ -200,7 +219,7 @@ def render_prompt(tokenizer: Any, request: ChatRequest, encode: Callable[[str], 
         return _tokenize(tokenizer, request.raw_prompt, template_tools=False, encode=encode)
     if not request.messages:
         raise InvalidRequestError("messages: at least one message is required", param="messages")
-    native_tools = bool(request.tools) and native_tool_calling(tokenizer)
+    native_tools = bool(request.tools) and native_tool_calling(tokenizer, request)
     messages = _template_messages(request, native_tools)
     kwargs: dict[str, Any] = {"add_generation_prompt": messages[-1]["role"] != "assistant"}
     if native_tools and request.tool_choice != "none":

@@ -54,6 +54,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     sink: Sink
     sampler: Any = None
+    constraint: Any = None
+    """Structured output: the sequence's `SequenceConstraint`, or None (unconstrained)."""
     cached: int = 0
     """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
     persist: int = 0
@@ -310,20 +312,13 @@ class Scheduler:
         if first:
             job.started_at = time.perf_counter()
             job.history = list(job.prompt)
+        elif job.constraint is not None:  # resumed: the grammar goes back to the tokens kept
+            job.constraint.rewind(len(job.history) - len(job.prompt))
         cache, rest = self._prefix.fetch(job.history) if self._prefix is not None else (None, job.history)
         if first:
             job.cached = len(job.history) - len(rest)
             job.admitted()
-        return SoloSequence(
-            self._model,
-            job.history,
-            cache if cache is not None else make_cache(self._model, self._config.kv_bits),
-            rest,
-            sampler=job.sampler,
-            budget=job.remaining,
-            prefill_chunk=self._chunk,
-            prefill_model=self._batch_model,
-        )
+        return self._solo_from(job, cache if cache is not None else make_cache(self._model, self._config.kv_bits), rest)
 
     def _keep_prefix(self, tokens: list[int], cache: list[Any] | None, persist: int = 0) -> None:
         """A finished or stopped sequence leaves its KV cache for the conversation's next turn
@@ -394,6 +389,7 @@ class Scheduler:
             caches=[cache],
             all_tokens=[job.history[: len(job.history) - len(to_feed)]],
             samplers=[job.sampler],
+            logits_processors=[[job.constraint.batch_processor()] if job.constraint else []],
             stop_sequences=[self._stop],
         )
         self._batch[uid] = job
@@ -411,7 +407,7 @@ class Scheduler:
 
     def _solo_from(self, job: Job, cache: list[Any], to_feed: list[int]) -> SoloSequence:
         return SoloSequence(self._model, job.history, cache, to_feed, sampler=job.sampler, budget=job.remaining,
-                            prefill_chunk=self._chunk, prefill_model=self._batch_model)  # fmt: skip
+                            prefill_chunk=self._chunk, prefill_model=self._batch_model, constraint=job.constraint)  # fmt: skip
 
     def _drop_cancelled(self, generator: BatchGenerator) -> None:
         for lane in ("_solo", "_filling"):

@@ -6,6 +6,11 @@ through `generate_step`. Most of a local server's life is one user and one strea
 sequence runs here instead: the `generate_step` loop (forward, sample, `async_eval` the next
 step before reading the current token) unrolled one step per call, so the scheduler can admit a
 newcomer between steps and hand the sequence, with its KV cache, to the batch.
+
+A constrained sequence (structured output, `constraint.py`) takes one detour per step: the
+forward pass is queued, the token it follows is read, and the grammar's mask for the next token
+is computed on the CPU while the device runs the pass; the mask is then applied and the token
+sampled. Unconstrained sequences keep the plain loop.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class SoloSequence:
         budget: int,
         prefill_chunk: Callable[[int], int],
         prefill_model: Any = None,
+        constraint: Any = None,
     ) -> None:
         self.model = model
         self.prefill_model = prefill_model if prefill_model is not None else model
@@ -52,11 +58,21 @@ class SoloSequence:
         with it, so where they are materialized (no fused kernel) long prompts take smaller passes."""
         self.fed = len(history) - len(self.to_feed)
         """How many tokens of `history` the cache holds."""
+        self.constraint = constraint
+        """A `SequenceConstraint` (mask, advance) for structured output, or None."""
         self._next: mx.array | None = None
 
-    def _forward(self, tokens: mx.array, model: Any) -> mx.array:
-        logits = model(tokens[None], cache=self.cache)[:, -1, :]
+    def _logits(self, tokens: mx.array, model: Any) -> mx.array:
+        return model(tokens[None], cache=self.cache)[:, -1, :]
+
+    def _sample(self, logits: mx.array) -> mx.array:
+        if self.constraint is not None:
+            mx.async_eval(logits)  # the device runs the pass while the CPU computes the mask
+            logits = self.constraint.apply(logits)
         return self.sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    def _forward(self, tokens: mx.array, model: Any) -> mx.array:
+        return self._sample(self._logits(tokens, model))
 
     def advance(self) -> int | None:
         """Prefill one chunk (returns None) or produce one token (returns it)."""
@@ -86,6 +102,8 @@ class SoloSequence:
 
     def _take(self, current: mx.array, *, queue_next: bool) -> int:
         self.budget -= 1
+        if self.constraint is not None:
+            return self._take_constrained(current, queue_next and self.budget > 0)
         # Queue the following step before reading this token, as generate_step does, so the
         # device never waits for Python.
         self._next = self._forward(current, self.model) if queue_next and self.budget > 0 else None
@@ -96,6 +114,23 @@ class SoloSequence:
         self.history.append(token)
         if self._next is None:
             self.to_feed = [token]  # not in the cache yet: the next advance() feeds it
+        return token
+
+    def _take_constrained(self, current: mx.array, more: bool) -> int:
+        """As `_take`, but the next token's mask needs this token: queue the pass, read the
+        token, advance the grammar and compute the mask while the pass runs, then sample."""
+        logits = self._logits(current, self.model) if more else None
+        if logits is not None:
+            self.fed += 1
+            mx.async_eval(logits)
+        token = int(current.item())
+        self.history.append(token)
+        self.constraint.advance(token)
+        self._next = self._sample(logits) if logits is not None else None
+        if self._next is None:
+            self.to_feed = [token]
+        else:
+            mx.async_eval(self._next)
         return token
 
     def detach(self) -> tuple[list[Any], list[int]]:

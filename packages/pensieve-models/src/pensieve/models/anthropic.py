@@ -145,6 +145,21 @@ class Tool(_Lenient):
     input_schema: dict[str, Any] | None = None
     type: str | None = None
     """Set for server tools (`web_search_20250305`, …), which a local server cannot run."""
+    strict: bool | None = None
+    """Structured outputs: the call's `input` must validate against `input_schema`."""
+
+
+class OutputFormat(_Lenient):
+    """Structured outputs: the text answer is JSON valid against `schema`."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    type: Literal["json_schema"]
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Lenient):
+    format: OutputFormat | None = None
 
 
 class ToolChoice(_Lenient):
@@ -172,6 +187,9 @@ class MessagesRequest(_Lenient):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     metadata: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None
+    """The older beta spelling of `output_config.format` that SDKs still send."""
 
 
 class CountTokensRequest(_Lenient):

@@ -38,6 +38,19 @@ class ToolSpec(BaseModel):
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool = False
+    """The client asked for a guarantee: a schema feature that cannot be enforced is an error
+    rather than relaxed to "any JSON object" (calls are constrained either way)."""
+
+
+class ResponseFormat(BaseModel):
+    """The text answer must be JSON: valid against `json_schema`, or any JSON object when None."""
+
+    model_config = ConfigDict(frozen=True)
+
+    json_schema: dict[str, Any] | None = None
+    param: str = "response_format"
+    """Where the schema sits in the client's request, for error messages."""
 
 
 class SamplingParams(BaseModel):
@@ -64,6 +77,8 @@ class ChatRequest(BaseModel):
     """A tool name means that tool must be called."""
     parallel_tool_calls: bool = True
     thinking: bool = False
+    response_format: ResponseFormat | None = None
+    """Structured output: the answer is constrained to JSON (see `ResponseFormat`)."""
     request_id: str = ""
     raw_prompt: str | None = None
     """Plain text completion (OpenAI /v1/completions): this text is tokenized as the whole prompt,

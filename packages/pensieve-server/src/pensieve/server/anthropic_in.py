@@ -13,13 +13,23 @@ Decisions a reader would otherwise have to reverse-engineer:
 - `tool_choice` naming a tool that is not in `tools` is a 400, as on Anthropic's API.
 - `thinking` `enabled` and `adaptive` both turn reasoning on (shown as thinking blocks);
   `budget_tokens` is not enforced, the reasoning is bounded by `max_tokens` alone.
+- Structured outputs: `output_config.format` (or the older beta `output_format`) becomes the
+  neutral `ResponseFormat`. With thinking on, a forced `tool_choice` wins: the call starts at
+  once, unless the template opened a reasoning block, which stays free until it closes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pensieve.models import ChatMessage, ChatRequest, SamplingParams, ToolCall, ToolSpec
+from pensieve.models import (
+    ChatMessage,
+    ChatRequest,
+    ResponseFormat,
+    SamplingParams,
+    ToolCall,
+    ToolSpec,
+)
 from pensieve.models import anthropic as wire
 from pensieve.utils import InvalidRequestError
 
@@ -139,7 +149,12 @@ def to_tools(tools: list[wire.Tool] | None) -> list[ToolSpec]:
         if tool.type not in (None, "custom"):
             continue  # a server tool (web search, code execution, …): cannot run locally
         specs.append(
-            ToolSpec(name=tool.name, description=tool.description or "", parameters=tool.input_schema or {"type": "object"})
+            ToolSpec(
+                name=tool.name,
+                description=tool.description or "",
+                parameters=tool.input_schema or {"type": "object"},
+                strict=bool(tool.strict),
+            )
         )
     return specs
 
@@ -160,6 +175,14 @@ def to_tool_choice(choice: wire.ToolChoice | None, tools: list[ToolSpec]) -> tup
     return choice.type, not choice.disable_parallel_tool_use
 
 
+def to_response_format(req: wire.MessagesRequest) -> ResponseFormat | None:
+    if req.output_config is not None and req.output_config.format is not None:
+        return ResponseFormat(json_schema=req.output_config.format.json_schema, param="output_config.format.schema")
+    if req.output_format is not None:
+        return ResponseFormat(json_schema=req.output_format.json_schema, param="output_format.schema")
+    return None
+
+
 def to_chat_request(req: wire.MessagesRequest, request_id: str = "") -> ChatRequest:
     tools = to_tools(req.tools)
     choice, parallel = to_tool_choice(req.tool_choice, tools)
@@ -177,6 +200,7 @@ def to_chat_request(req: wire.MessagesRequest, request_id: str = "") -> ChatRequ
         tool_choice=choice,
         parallel_tool_calls=parallel,
         thinking=req.thinking is not None and req.thinking.type != "disabled",
+        response_format=to_response_format(req),
         request_id=request_id,
     )
 

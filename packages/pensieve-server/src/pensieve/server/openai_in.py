@@ -8,8 +8,11 @@ Decisions a reader would otherwise have to reverse-engineer:
   400 (the user is asking about them); in older turns they become a short placeholder so a long
   conversation that once carried a screenshot keeps working.
 - What a local server cannot honour is a 400 that says so and what to send instead, never a
-  silent default: n>1, JSON response formats (no constrained decoding yet), logprobs (the engine
-  does not report them), the deprecated `functions`, `suffix`, `best_of`, token-id prompts.
+  silent default: n>1, logprobs (the engine does not report them), the deprecated `functions`,
+  `suffix`, `best_of`, token-id prompts.
+- `response_format` `json_object` and `json_schema` become the neutral `ResponseFormat`, enforced
+  by constrained decoding whether or not `strict` is set (a schema without `schema` means any
+  JSON object); functions with `strict: true` must have schemas the grammar can enforce.
 - No max_tokens on chat: the rest of the context window (OpenAI's own behaviour); the engine
   clamps to what fits. /v1/completions keeps OpenAI's documented default of 16.
 - Seeds are int64 on the wire and uint64 to MLX: taken modulo 2**64, so every valid seed works.
@@ -22,7 +25,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pensieve.models import ChatMessage, ChatRequest, SamplingParams, ToolCall, ToolSpec
+from pensieve.models import (
+    ChatMessage,
+    ChatRequest,
+    ResponseFormat,
+    SamplingParams,
+    ToolCall,
+    ToolSpec,
+)
 from pensieve.models import openai as wire
 from pensieve.utils import InvalidRequestError
 
@@ -47,12 +57,6 @@ def _check_common(body: wire.ChatCompletionRequest | wire.CompletionRequest) -> 
 def check_chat(body: wire.ChatCompletionRequest) -> None:
     """Refuse, before any model is loaded, what this server cannot do."""
     _check_common(body)
-    if body.response_format is not None and body.response_format.type != "text":
-        raise _refuse(
-            "response_format", f"type '{body.response_format.type}' is not supported yet: this "
-            "server has no constrained (JSON) decoding. Leave response_format out (or use "
-            "'text') and ask for JSON in the prompt"
-        )
     for param, value in (("logprobs", body.logprobs), ("top_logprobs", body.top_logprobs)):
         if value:
             raise _refuse(
@@ -141,6 +145,7 @@ def to_tools(tools: list[wire.Tool] | None) -> list[ToolSpec]:
             name=t.function.name,
             description=t.function.description or "",
             parameters=t.function.parameters or {"type": "object", "properties": {}},
+            strict=bool(t.function.strict),
         )
         for t in tools or []
     ]
@@ -174,6 +179,19 @@ def to_tool_choice(choice: wire.ToolChoice | None, tools: list[ToolSpec]) -> tup
     return mode, [t for t in tools if t.name in allowed]
 
 
+def to_response_format(fmt: wire.ResponseFormat | None) -> ResponseFormat | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return ResponseFormat()
+    if fmt.json_schema is None:
+        raise _refuse("response_format.json_schema", "required when type is 'json_schema': {\"name\": …, \"schema\": {…}}")
+    schema = fmt.json_schema.get("schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise _refuse("response_format.json_schema.schema", "must be a JSON schema object")
+    return ResponseFormat(json_schema=schema, param="response_format.json_schema.schema")
+
+
 def _sampling(body: wire.ChatCompletionRequest | wire.CompletionRequest) -> SamplingParams:
     return SamplingParams(
         temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
@@ -193,6 +211,7 @@ def to_chat_request(body: wire.ChatCompletionRequest, request_id: str, context_l
         tools=tools,
         tool_choice=choice,
         parallel_tool_calls=body.parallel_tool_calls is not False,
+        response_format=to_response_format(body.response_format),
         request_id=request_id,
     )
 

@@ -1,0 +1,153 @@
+"""Constrained decoding: compiled grammars, cached per schema, and one matcher per sequence.
+
+llguidance (Rust, no torch) compiles a grammar and computes, for each step, the bitmask of the
+tokens that keep the output inside it. The engine's part is small and lives here:
+- `Grammars` turns the engine's tokenizer into llguidance's once, and keeps compiled grammars in
+  an LRU keyed by the grammar text: Claude Code sends the same tools every turn, so a turn's
+  matcher is a cheap copy of the one compiled for the first turn.
+- `SequenceConstraint` is what the compute thread sees: `mask()` for the next token, `advance()`
+  with the token chosen, `accepts_eos`. Its `apply()` builds the masked logits lazily (MLX), so
+  the mask is computed on the CPU while the device runs the forward pass it will be applied to
+  (see `solo.py` and `batch_processor`).
+Masks travel to the device packed (one bit per token, 32 to a word) and are unpacked there.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import llguidance
+import llguidance.numpy as llnp
+import mlx.core as mx
+import numpy as np
+
+from pensieve.utils import InvalidRequestError
+from pensieve.utils.logging import logger
+
+
+def apply_bitmask(logits: mx.array, words: np.ndarray) -> mx.array:
+    """`logits` (1, vocab) with every token whose bit is clear in `words` set to -inf."""
+    shifts = mx.arange(32, dtype=mx.uint32)  # made here: MLX arrays belong to their thread's stream
+    bits = (mx.array(words.view(np.uint32))[:, None] >> shifts) & 1
+    allowed = bits.reshape(1, -1)
+    width = logits.shape[-1]
+    if allowed.shape[-1] < width:  # the model's output layer is padded past the vocabulary
+        allowed = mx.concatenate([allowed, mx.zeros((1, width - allowed.shape[-1]), dtype=allowed.dtype)], axis=-1)
+    return mx.where(allowed[:, :width].astype(mx.bool_), logits, -mx.inf)
+
+
+class SequenceConstraint:
+    """One sequence's position in its grammar; touched by the compute thread only."""
+
+    def __init__(self, matcher: llguidance.LLMatcher, free: np.ndarray, eos: int) -> None:
+        self._matcher = matcher
+        self._free = free
+        """The mask of free text (every token but the special ones): no need to apply it."""
+        self._words = np.empty((1, free.size), dtype=np.int32)
+        self._eos = eos
+        self.consumed = 0
+        """Generated tokens the matcher has consumed (none after it stopped: only EOS follows)."""
+
+    def mask(self) -> np.ndarray | None:
+        """Packed mask of the tokens allowed next, or None when every token is (free text)."""
+        llnp.fill_next_token_bitmask(self._matcher, self._words)
+        if self._matcher.is_error():  # a bug, not the model's fault: only let the sequence end
+            logger.error("grammar matcher failed: {}", self._matcher.get_error())
+            self._words[:] = 0
+            self._words.view(np.uint32)[0, self._eos // 32] = 1 << (self._eos % 32)
+        words = self._words[0]
+        return None if np.array_equal(words, self._free) else words
+
+    def advance(self, token: int) -> None:
+        if self._matcher.is_stopped():
+            return
+        if self._matcher.consume_token(token):
+            self.consumed += 1
+        else:
+            logger.error("grammar matcher refused token {}: {}", token, self._matcher.get_error())
+
+    def rewind(self, generated: int) -> None:
+        """Back to `generated` tokens: a failed batched step may have advanced past the tokens
+        the sequence kept, and it resumes from those."""
+        if self.consumed > generated:
+            self._matcher.rollback(self.consumed - generated)
+            self.consumed = generated
+
+    @property
+    def accepts_eos(self) -> bool:
+        return self._matcher.is_accepting()
+
+    def apply(self, logits: mx.array) -> mx.array:
+        words = self.mask()
+        return logits if words is None else apply_bitmask(logits, words)
+
+    def batch_processor(self) -> Callable[[mx.array, mx.array], mx.array]:
+        """A logits processor for mlx-lm's `BatchGenerator` (one per insertion into a batch).
+
+        `BatchGenerator` calls it while building a step, with the tokens so far (the last one
+        being fed now) and that row's lazy logits. The forward pass is queued first, then the
+        fed token is read and the mask computed while the device works. The first call after an
+        insertion feeds a token the constraint has already seen (a prompt token, or the last
+        token of the solo path), so it does not advance.
+        """
+        fresh = True
+
+        def process(tokens: mx.array, logits: mx.array) -> mx.array:
+            nonlocal fresh
+            mx.async_eval(logits)
+            if not fresh:
+                self.advance(int(tokens[-1].item()))
+            fresh = False
+            return self.apply(logits)
+
+        return process
+
+
+class Grammars:
+    """The engine's grammar compiler: llguidance's tokenizer, built once, and an LRU of grammars."""
+
+    def __init__(self, tokenizer: Any, max_entries: int = 64) -> None:
+        self._tokenizer = tokenizer
+        self._max = max_entries
+        self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        self._lltok: llguidance.LLTokenizer | None = None
+        self._free: np.ndarray | None = None
+        self._lock = threading.Lock()  # prompts are prepared on worker threads, several at once
+        self.compiles = 0
+        """Grammars compiled so far (the rest were served from the cache)."""
+
+    def _llguidance_tokenizer(self) -> llguidance.LLTokenizer:
+        if self._lltok is None:
+            fast = getattr(self._tokenizer, "_tokenizer", self._tokenizer)  # mlx-lm's wrapper
+            backend = fast.backend_tokenizer
+            eos = sorted(self._tokenizer.eos_token_ids)
+            self._lltok = llguidance.LLTokenizer(backend.to_str(), n_vocab=len(fast.get_vocab()), eos_token=eos)
+            free = llguidance.LLMatcher(self._lltok, "start: /(.|\\n)*/", log_level=0)
+            words = llnp.allocate_token_bitmask(1, self._lltok.vocab_size)
+            llnp.fill_next_token_bitmask(free, words)
+            self._free = words[0].copy()
+        return self._lltok
+
+    def constraint(self, lark: str) -> SequenceConstraint:
+        """A fresh matcher for `lark` (compiled once, then copied); a 400 if it does not compile."""
+        with self._lock:
+            lltok = self._llguidance_tokenizer()
+            base = self._compiled.get(lark)
+            if base is None:
+                base = llguidance.LLMatcher(lltok, lark, log_level=0)
+                if base.is_error():
+                    raise InvalidRequestError(
+                        f"the requested output structure cannot be enforced: {base.get_error().splitlines()[0]}. "
+                        "Simplify the schema",
+                    )
+                self.compiles += 1
+                self._compiled[lark] = base
+                if len(self._compiled) > self._max:
+                    self._compiled.popitem(last=False)
+            else:
+                self._compiled.move_to_end(lark)
+            matcher = base.deep_copy()
+        return SequenceConstraint(matcher, self._free, min(self._tokenizer.eos_token_ids))  # type: ignore[arg-type]
