@@ -41,8 +41,11 @@ from pensieve.engine.channel import Admitted, FinishReason, Output, SequenceEnd,
 from pensieve.engine.kv_budget import KVBudget, Occupancy
 from pensieve.engine.prefix_cache import LowerTier, PrefixCache
 from pensieve.engine.quantized_cache import make_cache
-from pensieve.engine.solo import SoloSequence
+from pensieve.engine.solo import ONE_PASS_TOKENS, SoloSequence
 from pensieve.utils.logging import logger
+
+SHORT_PROMPT = ONE_PASS_TOKENS
+"""Prompts (or uncached remainders) up to this long join the batch directly."""
 
 
 @dataclass(eq=False)
@@ -308,6 +311,10 @@ class Scheduler:
 
     def _sequence_for(self, job: Job) -> SoloSequence:
         """A sequence for `job` from its tokens so far, with what the prefix cache holds of them."""
+        return self._solo_from(job, *self._start(job))
+
+    def _start(self, job: Job) -> tuple[list[Any], list[int]]:
+        """Start (or resume) `job`: its KV cache from the prefix cache, and the tokens still to feed."""
         first = job.started_at is None
         if first:
             job.started_at = time.perf_counter()
@@ -318,7 +325,7 @@ class Scheduler:
         if first:
             job.cached = len(job.history) - len(rest)
             job.admitted()
-        return self._solo_from(job, cache if cache is not None else make_cache(self._model, self._config.kv_bits), rest)
+        return (cache if cache is not None else make_cache(self._model, self._config.kv_bits)), rest
 
     def _keep_prefix(self, tokens: list[int], cache: list[Any] | None, persist: int = 0) -> None:
         """A finished or stopped sequence leaves its KV cache for the conversation's next turn
@@ -327,7 +334,12 @@ class Scheduler:
             self._prefix.insert(list(tokens), cache, persist)
 
     def _start_waiting(self, generator: BatchGenerator) -> None:
-        """Start waiting sequences while slots and memory allow; one prefill at a time."""
+        """Start waiting sequences while slots and memory allow.
+
+        A long prompt is prefilled alone, beside the batch, one at a time (its passes sized to
+        the memory budget); short ones (a new chat, a follow-up turn after a prefix-cache hit)
+        join the batch at once and mlx-lm prefills them together.
+        """
         while self._waiting and not self._recovering():
             job = self._waiting[0]
             if not self._running():
@@ -346,7 +358,11 @@ class Scheduler:
                 solo_job, solo = self._solo
                 self._solo = None
                 self._insert(generator, solo_job, *solo.detach())
-            self._filling = (job, self._sequence_for(job))
+            cache, rest = self._start(job)
+            if len(rest) <= SHORT_PROMPT:
+                self._insert(generator, job, cache, rest)
+            else:
+                self._filling = (job, self._solo_from(job, cache, rest))
 
     def _make_room(self, generator: BatchGenerator) -> None:
         """Keep the next step within the budget: shrink the prefix cache, then preempt."""
