@@ -110,3 +110,18 @@ def test_a_quantized_kv_cache_grows_the_window(facts: ModelFacts) -> None:
     budget = _plan(facts, 2**40, fused_attention=False).fixed + facts.kv_cost.bytes(4096) + 100
     windows = {bits: _plan(facts, budget, kv_bits=bits, fused_attention=False).context_length for bits in (None, 8, 4)}
     assert windows[None] == 4096 and windows[8] >= 2 * 4096 * 0.9 and windows[4] >= 2 * windows[8] * 0.9
+
+
+def test_auto_kv_bits_quantizes_only_when_the_window_would_not_fit(facts: ModelFacts, tmp_path: Path) -> None:
+    from pensieve.modelmgr.catalog import plan_for
+    from tests.support import make_settings
+
+    def planned(budget: int) -> MemoryPlan:
+        return plan_for(facts, make_settings("m", tmp_path, model__memory_budget_gb=budget / 1024**3))
+
+    roomy = planned(2**34)
+    assert roomy.kv_bits is None and roomy.context_length == 32768
+    tight = _plan(facts, 2**34, fused_attention=False).fixed + facts.kv_cost.bytes(16384)
+    squeezed = planned(tight)
+    assert squeezed.kv_bits == 8 and squeezed.context_length == 32768  # 8-bit gives the whole window back
+    assert _plan(facts, tight, fused_attention=False).context_length == 16384

@@ -16,16 +16,32 @@ from pensieve.modelmgr.facts import ModelFacts, model_facts
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
 from pensieve.models import ModelState, ModelStatus
-from pensieve.utils import PensieveError, Settings
+from pensieve.utils import ModelLoadError, PensieveError, Settings
 
-
-def kv_bits(settings: Settings) -> int | None:
-    bits = settings.performance.kv_cache_bits
-    return None if bits == "none" else int(bits)
+AUTO_KV_BITS = 8
+"""What `kv_cache_bits = "auto"` falls back to: near-lossless (benchmarks.md), half the memory."""
 
 
 def plan_for(facts: ModelFacts, settings: Settings, *, name: str = "model", bits: int | None | str = "settings") -> MemoryPlan:
-    """The model's memory plan on this machine under `settings` (`bits` overrides the KV width)."""
+    """The model's memory plan on this machine under `settings` (`bits` overrides the KV width).
+
+    `kv_cache_bits = "auto"` keeps the cache unquantized when the model's window fits that way
+    and quantizes it to 8 bits when that gives the window (or more of it) instead.
+    """
+    chosen = settings.performance.kv_cache_bits if bits == "settings" else bits
+    if chosen == "auto":
+        try:
+            plain = plan_for(facts, settings, name=name, bits=None)
+        except ModelLoadError:
+            return plan_for(facts, settings, name=name, bits=AUTO_KV_BITS)
+        wanted = min(facts.context_length, settings.model.context_length or facts.context_length)
+        if plain.context_length >= wanted:
+            return plain
+        try:
+            packed = plan_for(facts, settings, name=name, bits=AUTO_KV_BITS)
+        except ModelLoadError:
+            return plain
+        return packed if packed.context_length > plain.context_length else plain
     return plan_memory(
         facts,
         name=name,
@@ -33,7 +49,7 @@ def plan_for(facts: ModelFacts, settings: Settings, *, name: str = "model", bits
         concurrency=settings.performance.max_concurrent_requests,
         prefill_step=settings.performance.prefill_step_size,
         configured_context=settings.model.context_length,
-        kv_bits=kv_bits(settings) if bits == "settings" else bits,  # type: ignore[arg-type]
+        kv_bits=None if chosen == "none" else chosen,  # type: ignore[arg-type]
         fused_attention=device_info().backend == "metal",
     )
 

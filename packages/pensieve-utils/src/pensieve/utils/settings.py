@@ -96,9 +96,10 @@ class PerformanceSettings(_Section):
     prefix_cache_entries: int = Field(8, ge=1)
     """The most prefixes kept in memory (a conversation's entry is replaced by its next turn;
     the disk tier keeps more)."""
-    kv_cache_bits: Literal["none", 8, 4] = "none"
+    kv_cache_bits: Literal["auto", "none", 8, 4] = "auto"
     """Store keys and values at 8 or 4 bits (about half or a quarter of their memory, so the
-    window grows that much), or as the model computes them ("none")."""
+    window grows that much), or as the model computes them ("none"); "auto" quantizes to 8 bits
+    only when the model's window would not fit otherwise."""
     idle_release_s: float = Field(600.0, ge=0)
     """After this long with no request, the prefix cache and MLX's buffer cache go back to the
     machine (the model stays loaded; see model.keep_alive_s for that); 0 never."""
