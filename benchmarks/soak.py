@@ -41,6 +41,8 @@ REQUEST_TIMEOUT_S = 120.0
 class Memory:
     rss_bytes: int
     mlx_active_bytes: int
+    prefix_cache_bytes: int = 0
+    """Of the MLX memory, what the prefix cache holds (bounded by the KV budget and its entries)."""
 
 
 @dataclass
@@ -64,8 +66,9 @@ def rss_bytes(pid: int) -> int:
 def memory(server: ServerProcess) -> Memory:
     assert server.proc is not None
     with urllib.request.urlopen(f"{server.base_url}/health", timeout=10) as response:
-        active = json.loads(response.read())["memory"]["active_bytes"]
-    return Memory(rss_bytes(server.proc.pid), active)
+        state = json.loads(response.read())
+    cached = sum((m.get("kv") or {}).get("prefix_cache_bytes", 0) for m in state["models"])
+    return Memory(rss_bytes(server.proc.pid), state["memory"]["active_bytes"], cached)
 
 
 def request_body(api: str, n: int, max_tokens: int) -> tuple[str, dict[str, Any], dict[str, str]]:
@@ -260,6 +263,7 @@ def report(result: dict[str, Any]) -> str:
         "  memory               ready    after warm-up   end",
         f"    RSS (MiB)          {mem['ready']['rss_bytes'] / mib:7.1f}  {mem['after_warmup']['rss_bytes'] / mib:13.1f}  {mem['end']['rss_bytes'] / mib:6.1f}",
         f"    MLX active (MiB)   {mem['ready']['mlx_active_bytes'] / mib:7.2f}  {mem['after_warmup']['mlx_active_bytes'] / mib:13.2f}  {mem['end']['mlx_active_bytes'] / mib:6.2f}",
+        f"     prefix cache      {mem['ready']['prefix_cache_bytes'] / mib:7.2f}  {mem['after_warmup']['prefix_cache_bytes'] / mib:13.2f}  {mem['end']['prefix_cache_bytes'] / mib:6.2f}",
         f"  growth after warm-up RSS {result['growth_after_warmup_pct']['rss']:+.2f}%  MLX active {result['growth_after_warmup_pct']['mlx_active']:+.2f}%",
     ]
     return "\n".join(rows)

@@ -53,7 +53,7 @@ class EngineConfig:
     prefill_step_size: int = 2048
     prefix_cache_bytes: int = 512 * 1024 * 1024
     """The most the prefix cache may hold; within a KV budget it also gives memory back first."""
-    prefix_cache_entries: int = 8
+    prefix_cache_entries: int = 4
     context_policy: str = "error"
     """`error`: a prompt over the window is a 400; `truncate`: drop the oldest turns."""
     kv_bits: int | None = None

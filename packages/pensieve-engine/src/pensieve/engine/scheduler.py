@@ -102,7 +102,7 @@ class SchedulerConfig:
     prefill_chunk: Callable[[int], int] | None = None
     """Prompt tokens per prefill pass on top of a cache of the given length (default: the step size)."""
     prefix_cache_bytes: int = 0
-    prefix_cache_entries: int = 8
+    prefix_cache_entries: int = 4
     kv_bits: int | None = None
     idle_release_s: float = 0.0
     """Idle this long, drop the prefix cache and MLX's buffer cache (0: never)."""

@@ -93,7 +93,7 @@ class PerformanceSettings(_Section):
     """The most memory for reusing the KV cache of a repeated prompt prefix (Claude Code's system
     prompt). Unset: whatever the KV pool has spare (it gives memory back before a live request
     goes short); 0 turns the cache off."""
-    prefix_cache_entries: int = Field(8, ge=1)
+    prefix_cache_entries: int = Field(4, ge=1)
     """The most prefixes kept in memory (a conversation's entry is replaced by its next turn;
     the disk tier keeps more)."""
     kv_cache_bits: Literal["auto", "none", 8, 4] = "auto"
