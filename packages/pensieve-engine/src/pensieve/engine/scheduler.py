@@ -30,7 +30,9 @@ from mlx_lm.models.cache import trim_prompt_cache
 
 from pensieve.engine.channel import FinishReason, Output, SequenceEnd, Sink, TokenOut
 from pensieve.engine.prefix_cache import PrefixCache
+from pensieve.engine.sampling import seek
 from pensieve.engine.solo import SoloSequence
+from pensieve.engine.speculate import Speculation
 from pensieve.utils.logging import logger
 
 
@@ -43,6 +45,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     sink: Sink
     sampler: Any = None
+    speculation: Speculation | None = None
+    """Speculative decoding on the single-sequence path; None where it is off."""
     cached: int = 0
     """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
     history: list[int] = field(default_factory=list)
@@ -56,13 +60,19 @@ class Job:
     """Resumed alone after a failed batched step; a second failure is its own."""
 
     @property
+    def produced(self) -> int:
+        return len(self.history) - len(self.prompt)
+
+    @property
     def remaining(self) -> int:
-        return self.max_tokens - (len(self.history) - len(self.prompt))
+        return self.max_tokens - self.produced
 
     def emit(self, token: int) -> None:
         self._send(TokenOut(token))
 
     def end(self, reason: FinishReason, token: int | None = None, error: BaseException | None = None) -> None:
+        if self.speculation is not None:
+            self.speculation.release()  # its memory is back before the reader hears of the end
         self._send(SequenceEnd(reason, token, error))
 
     def _send(self, output: Output) -> None:
@@ -260,6 +270,7 @@ class Scheduler:
             self._insert(generator, job, cache, rest)
 
     def _solo_for(self, job: Job, cache: list[Any] | None, to_feed: list[int]) -> SoloSequence:
+        seek(job.sampler, job.produced)
         return SoloSequence(
             self._model,
             job.history,
@@ -269,9 +280,11 @@ class Scheduler:
             budget=job.remaining,
             prefill_step_size=self._prefill_step_size,
             prefill_model=self._batch_model,
+            speculation=job.speculation,
         )
 
     def _insert(self, generator: BatchGenerator, job: Job, cache: list[Any] | None, to_feed: list[int]) -> None:
+        seek(job.sampler, job.produced)
         (uid,) = generator.insert(
             [to_feed],
             max_tokens=[job.remaining],
@@ -305,10 +318,13 @@ class Scheduler:
 
     def _step_solo(self) -> None:
         job, solo = self._solo  # type: ignore[misc]
-        token = solo.advance()
-        if token is None:
+        tokens = solo.advance()
+        if tokens is None:
             return
         job.first_token_at = job.first_token_at or time.perf_counter()
+        *leading, token = tokens  # only the last can be a stop token or the budget's last
+        for earlier in leading:
+            job.emit(earlier)
         if token in self._stop_ids:
             reason, last = FinishReason.STOP, None  # a stop token is not part of the answer
         elif solo.budget <= 0:
