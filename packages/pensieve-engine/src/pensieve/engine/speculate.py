@@ -26,7 +26,9 @@ While it is off, the single-sequence path decodes exactly as without it.
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,14 +66,15 @@ class Controller:
     JUDGE_STEPS = 4
     MIN_PAUSE = 16
     MAX_PAUSE = 256
-    _EMA = 0.25
+    PLAIN_SAMPLES = 8
+    """The plain rate is the median of this many recent steps: one slow step (the host was
+    busy) must not make speculation look good for the rest of the answer."""
 
     def __init__(self, max_draft: int) -> None:
         self.max_draft = max_draft
         self.draft_limit = max(1, min(4, max_draft))
         """Tokens asked of a draft model (each costs it a pass): grows while all are accepted."""
-        self.plain_s: float | None = None
-        """Seconds per token of pipelined plain decoding (moving average)."""
+        self._plain: deque[float] = deque(maxlen=self.PLAIN_SAMPLES)
         self.pause = 0
         self.backoff = self.MIN_PAUSE
         self._window_s = 0.0
@@ -82,10 +85,15 @@ class Controller:
     def allows(self) -> bool:
         return self.pause <= 0
 
+    @property
+    def plain_s(self) -> float | None:
+        """Seconds per token of pipelined plain decoding."""
+        return statistics.median(self._plain) if self._plain else None
+
     def plain(self, seconds: float | None) -> None:
         self.pause -= 1
         if seconds is not None:
-            self.plain_s = seconds if self.plain_s is None else self.plain_s + self._EMA * (seconds - self.plain_s)
+            self._plain.append(seconds)
 
     def speculative(self, seconds: float | None, tokens: int) -> None:
         if seconds is None:
@@ -95,10 +103,11 @@ class Controller:
         self._window_steps += 1
         if self._window_steps < self.JUDGE_STEPS:
             return
-        if self.plain_s is None:
+        plain_s = self.plain_s
+        if plain_s is None:
             self.pause = self.CALIBRATE  # the window is judged once the plain rate is known
             return
-        if self._window_tokens / self._window_s < 1.0 / self.plain_s:
+        if self._window_tokens / self._window_s < 1.0 / plain_s:
             self.pause, self.backoff = self.backoff, min(2 * self.backoff, self.MAX_PAUSE)
         else:
             self.backoff = self.MIN_PAUSE
