@@ -234,3 +234,28 @@ async def test_speculation_that_does_not_pay_is_switched_off(tiny, tmp_path: Pat
     # means most passes were plain.
     assert result.figures["speculation_proposed"] < passes / 3, result.figures
     assert tokens == 300
+
+
+CODE = '''def add(a, b):
+    return a + b
+
+
+def scale(values, factor):
+    return [v * factor for v in values]
+'''
+
+
+async def test_the_embedded_model_copying_code_gives_the_same_answer_faster_per_pass(make_engine) -> None:
+    """A real model asked to repeat code from the prompt: the lookup proposes the code, the
+    model accepts it, and the answer (to its end-of-turn token) is the plain one."""
+    from pensieve.modelmgr import embedded_model_path
+    from pensieve.modelmgr.gguf import load_gguf
+
+    model, tokenizer, _ = load_gguf(embedded_model_path())
+    on, off = make_engine(model, tokenizer), make_engine(model, tokenizer, speculation=OFF)
+    request = ask(f"Repeat this Python code exactly, in a code block:\n```python\n{CODE}```", 64)
+    fast, plain = await run(on, request), await run(off, request)
+    assert fast.outcome == plain.outcome
+    assert fast.finished.stop_reason == "end_turn" and "def scale(values, factor):" in fast.text
+    assert fast.figures["speculation_accepted"] >= 8
+    assert fast.figures["tokens_per_pass"] > 1.2
