@@ -2,5 +2,7 @@
 
 from pensieve.engine.engine import Engine, EngineConfig, Generation
 from pensieve.engine.prompt import RenderedPrompt, render_prompt
+from pensieve.engine.proposers import DraftModel
+from pensieve.engine.speculate import SpeculationConfig
 
-__all__ = ["Engine", "EngineConfig", "Generation", "RenderedPrompt", "render_prompt"]
+__all__ = ["DraftModel", "Engine", "EngineConfig", "Generation", "RenderedPrompt", "SpeculationConfig", "render_prompt"]

@@ -1,9 +1,11 @@
 """How much memory a model will take, worked out before loading it.
 
     total = weights + kv_cache + overhead
-    weights  = the tensors' bytes once loaded (file headers; GGUF types MLX expands count as F16)
+    weights  = the tensors' bytes once loaded (file headers; GGUF types MLX expands count as F16),
+               the draft model's too when one is loaded beside it (model.draft)
     kv_cache = 2 (K and V) x layers x kv_heads x head_dim x bytes_per_element
-               x context_length x max_concurrent_requests
+               x context_length x max_concurrent_requests (for the model and for its draft,
+               whose cache each sequence keeps)
     overhead = 64 MiB + prefill_step_size x (vocab + 2 x intermediate + 4 x hidden) x bytes
                + performance.prefix_cache_mb
                (one prefill chunk's logits and activations, the engine's prompt-prefix cache,
@@ -63,6 +65,10 @@ class MemoryEstimate:
         }
 
 
+def _kv_bytes_per_token(facts: ModelFacts, draft: ModelFacts | None) -> int:
+    return facts.kv_bytes_per_token + (draft.kv_bytes_per_token if draft else 0)
+
+
 def estimate_memory(
     facts: ModelFacts,
     *,
@@ -70,6 +76,7 @@ def estimate_memory(
     concurrency: int,
     prefill_step: int,
     prefix_cache_bytes: int = 0,
+    draft: ModelFacts | None = None,
 ) -> MemoryEstimate:
     vocab = facts.text_config("vocab_size", 0)
     hidden = facts.text_config("hidden_size", 0)
@@ -77,8 +84,8 @@ def estimate_memory(
     activations = prefill_step * (vocab + 2 * intermediate + 4 * hidden) * facts.activation_bytes
     overhead = _BASE_OVERHEAD + activations + prefix_cache_bytes
     return MemoryEstimate(
-        weights=facts.weight_bytes,
-        kv_cache=facts.kv_bytes_per_token * context_length * concurrency,
+        weights=facts.weight_bytes + (draft.weight_bytes if draft else 0),
+        kv_cache=_kv_bytes_per_token(facts, draft) * context_length * concurrency,
         overhead=overhead,
         context_length=context_length,
         concurrency=concurrency,
@@ -94,6 +101,7 @@ def plan_memory(
     prefill_step: int,
     configured_context: int | None,
     prefix_cache_bytes: int = 0,
+    draft: ModelFacts | None = None,
 ) -> MemoryEstimate:
     """The estimate the model will load with, or ModelLoadError if it cannot fit the budget.
 
@@ -109,13 +117,14 @@ def plan_memory(
             concurrency=concurrency,
             prefill_step=prefill_step,
             prefix_cache_bytes=prefix_cache_bytes,
+            draft=draft,
         )
 
     estimate = at(wanted)
     if estimate.total <= budget:
         return estimate
     fixed = at(0).total
-    per_token = facts.kv_bytes_per_token * concurrency
+    per_token = _kv_bytes_per_token(facts, draft) * concurrency
     fits = (budget - fixed) // per_token if per_token and budget > fixed else 0
     fits -= fits % _CONTEXT_STEP
     smallest = min(MIN_CONTEXT, wanted)

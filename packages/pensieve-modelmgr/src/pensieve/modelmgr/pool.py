@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from pensieve.engine import Engine, EngineConfig
+from pensieve.engine import DraftModel, Engine, EngineConfig, SpeculationConfig
 from pensieve.metal import device_info, memory_stats
 from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model, unpacked_copy
 from pensieve.modelmgr.catalog import budget_bytes, describe_source, prefix_cache_bytes, servable
+from pensieve.modelmgr.draft import check_draft, check_pair, draft_source, target_vocab
 from pensieve.modelmgr.estimate import MemoryEstimate, gib, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, source_signature
 from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
@@ -99,6 +100,12 @@ class ModelPool:
             prefill_step_size=perf.prefill_step_size,
             prefix_cache_bytes=prefix_cache_bytes(self.settings),  # as the estimate counts it
             context_policy=self.settings.model.context_policy,
+            speculation=SpeculationConfig(
+                mode=perf.speculation,
+                ngram_min=perf.speculation_ngram_min,
+                ngram_max=perf.speculation_ngram_max,
+                max_draft=perf.speculation_max_draft,
+            ),
         )
 
     # -- names ------------------------------------------------------------------------------
@@ -143,7 +150,7 @@ class ModelPool:
         served.last_used = time.monotonic()  # idle time starts now, not before a long load
         return engine
 
-    def _plan(self, source: ModelSource, facts: ModelFacts) -> MemoryEstimate:
+    def _plan(self, source: ModelSource, facts: ModelFacts, draft: ModelFacts | None = None) -> MemoryEstimate:
         return plan_memory(
             facts,
             name=source.name,
@@ -152,14 +159,34 @@ class ModelPool:
             prefill_step=self.settings.performance.prefill_step_size,
             configured_context=self.settings.model.context_length,
             prefix_cache_bytes=prefix_cache_bytes(self.settings),
+            draft=draft,
         )
+
+    def _draft_for(self, served: ServedModel) -> ModelSource | None:
+        """`model.draft` drafts for the default model only (it must share that model's tokenizer)."""
+        if served.source.name != self.default_name or self.settings.performance.speculation == "off":
+            return None
+        try:
+            return draft_source(self.settings, self.store)
+        except PensieveError as exc:
+            raise ModelLoadError(f"model.draft: {exc.message}") from exc
+
+    def _load_draft(self, source: ModelSource, target: LoadedModel) -> DraftModel:
+        """Load the draft next to its target, refuse it unless they share a tokenizer, lay it out."""
+        loaded = load_source(source)
+        check_pair(target, loaded)
+        self._choose_layout(loaded)
+        logger.info("{}: {} drafts for it", target.source.name, source.name)
+        return DraftModel(loaded.model, loaded.batch_model, target_vocab(target))
 
     async def _load(self, served: ServedModel) -> Engine:
         served.error = served.error_signature = None
         name = served.source.name
         try:
             facts = await self._off_loop(check_source, served.source)
-            estimate = self._plan(served.source, facts)
+            draft = self._draft_for(served)
+            draft_facts = await self._off_loop(check_draft, draft) if draft is not None else None
+            estimate = self._plan(served.source, facts, draft_facts)
             async with self._admission:
                 await self._make_room(served, estimate.total)
                 served.estimate = estimate
@@ -172,6 +199,7 @@ class ModelPool:
                 )  # fmt: skip
             loaded = await self._off_loop(load_source, served.source)
             await self._off_loop(self._choose_layout, loaded)
+            drafting = await self._off_loop(self._load_draft, draft, loaded) if draft is not None else None
             engine = Engine(
                 loaded.model,
                 loaded.tokenizer,
@@ -179,6 +207,7 @@ class ModelPool:
                 context_length=min(estimate.context_length, loaded.context_length),
                 config=self.engine_config,
                 batch_model=loaded.batch_model,
+                draft=drafting,
             )
             if self.settings.performance.warmup:
                 served.warmup_seconds = await engine.warmup()
