@@ -108,7 +108,8 @@ async def test_greedy_answers_are_token_for_token_those_of_plain_decoding(tiny, 
     # until a run ends (a rejection).
     assert 0 < accepted(fast) < proposed(fast)
     assert max(r.figures["tokens_per_pass"] for r in fast) > 2
-    assert all(r.figures["decode_pass_tokens"] == len(r.tokens) for r in fast)
+    # Every token after the prompt's own came out of a counted decode pass.
+    assert all(r.figures["decode_pass_tokens"] == len(r.tokens) - 1 for r in fast)
 
 
 @pytest.mark.parametrize("max_tokens", [1, 2, 3, 5, 9, 10, 17, 33])
@@ -233,7 +234,7 @@ async def test_speculation_that_does_not_pay_is_switched_off(tiny, tmp_path: Pat
     # Each verification proposes at least one draft: fewer drafts than a third of the passes
     # means most passes were plain.
     assert result.figures["speculation_proposed"] < passes / 3, result.figures
-    assert tokens == 300
+    assert tokens == 299  # all but the prompt pass's token
 
 
 CODE = '''def add(a, b):

@@ -100,7 +100,7 @@ class SoloSequence:
 
     def _take(self, current: mx.array, *, queue_next: bool) -> list[int]:
         self.budget -= 1
-        pipelined = self._queued_ahead
+        pipelined, prompt = self._queued_ahead, not queue_next
         spec = self.speculation
         if queue_next and spec is not None and spec.wants_break(self.history):
             queue_next = False  # a verification will follow this token: it needs its value
@@ -116,7 +116,7 @@ class SoloSequence:
         if self._next is None:
             self.to_feed = [token]  # not in the cache yet: the next advance() feeds it
         if spec is not None:
-            spec.delivered(pipelined=pipelined)
+            spec.delivered(pipelined=pipelined, prompt=prompt)
         return [token]
 
     def _verify(self, drafts: mx.array) -> list[int]:

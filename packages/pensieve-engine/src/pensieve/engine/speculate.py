@@ -157,7 +157,8 @@ class Speculation:
         self.controller = Controller(config.max_draft)
         self._source: Proposer | None = None
         self._last: float | None = None
-        self.proposed = self.accepted = self.passes = self.tokens = 0
+        self.proposed = self.accepted = self.verified = self.passes = self.tokens = 0
+        """Drafts proposed and kept; verification passes; all decode passes and their tokens."""
 
     def wants_break(self, history: list[int]) -> bool:
         """Whether the next step should wait for this token: a proposal is likely to follow it."""
@@ -211,11 +212,16 @@ class Speculation:
                 self.controller.drafted(len(proposed), n)
         self.proposed += len(proposed)
         self.accepted += kept
+        self.verified += 1
         self._delivered(len(tokens), speculative=True)
         return tokens
 
-    def delivered(self, *, pipelined: bool) -> None:
-        """A plain step produced one token; `pipelined` if it was queued before the last was read."""
+    def delivered(self, *, pipelined: bool, prompt: bool = False) -> None:
+        """A plain step produced one token; `pipelined` if it was queued before the last was
+        read. The token of a prompt's pass is no decode pass: it only starts the clock."""
+        if prompt:
+            self._last = time.perf_counter()
+            return
         speculative = not pipelined and self.controller.allows
         self._delivered(1, speculative=speculative, pipelined=pipelined)
 
@@ -236,6 +242,7 @@ class Speculation:
             "speculation_proposed": float(self.proposed),
             "speculation_accepted": float(self.accepted),
             "speculation_acceptance": round(self.accepted / self.proposed, 4) if self.proposed else 0.0,
+            "speculation_passes": float(self.verified),
             "decode_passes": float(self.passes),
             "decode_pass_tokens": float(self.tokens),
             "tokens_per_pass": round(self.tokens / self.passes, 4) if self.passes else 0.0,
