@@ -42,7 +42,14 @@ import aiohttp
 
 from pensieve.cli.bench import harness
 from pensieve.cli.bench.compare import prepare_model
-from pensieve.cli.bench.harness import ServerProcess, concurrent, free_port, mlx_lm_server, pensieve_server, stream_chat
+from pensieve.cli.bench.harness import (
+    ServerProcess,
+    concurrent,
+    free_port,
+    mlx_lm_server,
+    pensieve_server,
+    stream_chat,
+)
 from pensieve.cli.bench.profile import recent_profiles
 
 PROSE = "Write a long story about a dragon who learns to paint."
