@@ -33,7 +33,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -186,8 +186,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the script runs")
     parser.add_argument("--workdir", type=Path, help="keep prepared models here for the next run")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--only", choices=["embedded", "draft"], help="run one group of workloads: (a)+(b), or (c)")
+    parser.add_argument("--file-lines", type=int, help="lines of textwrap.py in the code-edit prompt")
+    parser.add_argument("--copy-tokens", type=int, help="max_tokens of the code-edit answer")
+    parser.add_argument("--runs", type=int, help="single-stream runs per workload (the best counts)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    changes = {"file_lines": args.file_lines, "copy_tokens": args.copy_tokens, "runs": args.runs}
+    sizes = replace(sizes, **{k: v for k, v in changes.items() if v is not None})
     started = time.perf_counter()
     import mlx.core as mx
 
@@ -199,7 +205,7 @@ def main() -> None:
             prepare_model("embedded", work)
         target, draft = work / f"{sizes.synthetic}-8bit", work / f"{sizes.synthetic}-4bit"
         for path, bits in ((target, 8), (draft, 4)):
-            if not (path / "config.json").is_file():
+            if args.only != "embedded" and not (path / "config.json").is_file():
                 from pensieve.modelmgr.synthetic import make_random_model
 
                 make_random_model(path, sizes.synthetic, seed=0, bits=bits, dtype=mx.bfloat16)
@@ -219,9 +225,13 @@ def main() -> None:
             Contender("mlx_lm.server --draft-model", mlx_lm(target, draft)),
         ]
         measuring = time.perf_counter()
-        run_contenders(real_contenders, real, sizes, embedded, work)
-        run_contenders(draft_contenders, synthetic, sizes, target, work)
-    groups = [(real, real_contenders), (synthetic, draft_contenders)]
+        groups = []
+        if args.only != "draft":
+            run_contenders(real_contenders, real, sizes, embedded, work)
+            groups.append((real, real_contenders))
+        if args.only != "embedded":
+            run_contenders(draft_contenders, synthetic, sizes, target, work)
+            groups.append((synthetic, draft_contenders))
     print(f"\nmachine: {sys.platform} {mx.default_device()}  mlx {mx.__version__}  "
           f"measured in {time.perf_counter() - measuring:.0f}s (all: {time.perf_counter() - started:.0f}s)\n")
     print(table(groups))

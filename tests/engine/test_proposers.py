@@ -7,7 +7,6 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import pytest
 from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -50,11 +49,6 @@ def test_lookup_follows_a_growing_history_and_starts_over_for_another() -> None:
     assert proposal(lookup, history) == [6, 4, 5]
     assert proposal(lookup, [9, 8, 9]) is None  # shorter: a different sequence
     assert proposal(lookup, list(range(3000)) + [10, 11]) == list(range(12, 20))
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):
-    return load(str(tiny_model_dir))
 
 
 def test_draft_cache_holds_exactly_the_kept_tokens(tiny) -> None:

@@ -10,30 +10,9 @@ import pytest
 from mlx_lm import load
 from mlx_lm.generate import stream_generate
 
-from pensieve.engine import Engine, EngineConfig
+from pensieve.engine import Engine
 from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams, TextDelta
 from pensieve.utils import PromptTooLongError, RateLimitError
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):
-    return load(str(tiny_model_dir))
-
-
-@pytest.fixture
-def make_engine():
-    """Engines made in a test, closed (compute threads joined) when it ends."""
-    made: list[Engine] = []
-
-    def make(model, tokenizer, *, name: str, context_length: int, batch_model=None, **config) -> Engine:
-        engine = Engine(model, tokenizer, name=name, context_length=context_length,
-                        config=EngineConfig(**config), batch_model=batch_model)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine.close()
 
 
 def request(text: str, max_tokens: int = 24, **sampling: float) -> ChatRequest:

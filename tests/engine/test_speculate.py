@@ -18,7 +18,7 @@ import pytest
 from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
-from pensieve.engine import Engine, EngineConfig
+from pensieve.engine import Engine
 from pensieve.engine.proposers import DraftModel
 from pensieve.engine.scheduler import Job
 from pensieve.engine.speculate import SpeculationConfig
@@ -26,26 +26,6 @@ from pensieve.modelmgr.synthetic import make_random_model
 from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams, TextDelta
 
 OFF = SpeculationConfig(mode="off")
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):
-    return load(str(tiny_model_dir))
-
-
-@pytest.fixture
-def make_engine():
-    made: list[Engine] = []
-
-    def make(model: Any, tokenizer: Any, *, draft: DraftModel | None = None, **config: Any) -> Engine:
-        config.setdefault("prefix_cache_bytes", 0)
-        engine = Engine(model, tokenizer, name="t", context_length=32768, config=EngineConfig(**config), draft=draft)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine.close()
 
 
 def ask(text: str, max_tokens: int = 48, *, stop: list[str] | None = None, **sampling: Any) -> ChatRequest:

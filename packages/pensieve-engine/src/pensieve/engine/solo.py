@@ -60,6 +60,8 @@ class SoloSequence:
         self._next: mx.array | None = None
         self._queued_ahead = False
         """Whether `_next` was queued before the token before it was read."""
+        self._break_next = False
+        """Whether the next take should not queue a step ahead: a proposal is expected."""
         self.speculation = speculation
 
     def _forward(self, tokens: mx.array, model: Any) -> mx.array:
@@ -101,8 +103,7 @@ class SoloSequence:
     def _take(self, current: mx.array, *, queue_next: bool) -> list[int]:
         self.budget -= 1
         pipelined, prompt = self._queued_ahead, not queue_next
-        spec = self.speculation
-        if queue_next and spec is not None and spec.wants_break(self.history):
+        if self._break_next:
             queue_next = False  # a verification will follow this token: it needs its value
         # Queue the following step before reading this token, as generate_step does, so the
         # device never waits for Python.
@@ -115,8 +116,11 @@ class SoloSequence:
         self.history.append(token)
         if self._next is None:
             self.to_feed = [token]  # not in the cache yet: the next advance() feeds it
+        spec = self.speculation
         if spec is not None:
             spec.delivered(pipelined=pipelined, prompt=prompt)
+            # Asked now, while the step just queued runs, for the take after it.
+            self._break_next = self._next is not None and spec.wants_break(self.history)
         return [token]
 
     def _verify(self, drafts: mx.array) -> list[int]:
