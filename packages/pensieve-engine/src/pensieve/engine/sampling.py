@@ -55,21 +55,29 @@ class TokenSampler:
         """Log-probabilities of what is actually sampled: top-k and top-p cut, then tempered.
 
         Computed over the last axis, so it serves one row or several. Speculative verification
-        accepts a proposed token with exactly this distribution's probability.
+        keeps a proposed token with exactly this distribution's probability.
         """
+        scaled = self._scaled(logprobs)
+        return scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
+
+    def _scaled(self, logprobs: mx.array) -> mx.array:
         vocab = logprobs.shape[-1]
         if 0 < self.top_k < vocab:
             logprobs = apply_top_k(logprobs, self.top_k)
         if 0.0 < self.top_p < 1.0:
             logprobs = apply_top_p(logprobs, self.top_p)
-        scaled = logprobs * self.inv_temp
-        return scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
+        return logprobs * self.inv_temp
 
     def sample(self, logprobs: mx.array, position: int) -> mx.array:
-        """One token per row of `logprobs` ([rows, vocab]); row i is output position `position + i`."""
-        dist = self.distribution(logprobs)
-        rows = [mx.random.categorical(dist[i], key=self._key(position + i)) for i in range(dist.shape[0])]
-        return mx.stack(rows).astype(mx.uint32)
+        """One token per row of `logprobs` ([rows, vocab]); row i is output position `position + i`.
+
+        Each row is drawn on its own (MLX's noise for a [1, vocab] draw is not that of a
+        [vocab] one), so a position gets the same token in a one-row step and in a verification.
+        Categorical sampling needs no normalization: `distribution` is the same law.
+        """
+        scaled = self._scaled(logprobs)
+        rows = [mx.random.categorical(scaled[i], key=self._key(position + i)) for i in range(scaled.shape[0])]
+        return rows[0][None] if len(rows) == 1 else mx.stack(rows)
 
     def _key(self, position: int) -> mx.array:
         # MLX keys are 64-bit; threefry turns (seed, position) into independent streams.
