@@ -54,7 +54,7 @@ async def copy_request(engine: Any) -> Finished:
 async def test_the_draft_is_loaded_beside_the_default_model_and_counted(store: Path, tiny_mlx: Path, tiny_4bit: Path) -> None:
     add_model(store, "a", tiny_mlx)
     add_model(store, "a-4bit", tiny_4bit)
-    pool = pool_for(store, "a-4bit")
+    pool = pool_for(store, "a-4bit", performance__warmup=True)  # the warm-up drafts too
     engine = await pool.engine(None)
     assert engine.draft is not None
     alone = default_estimate(model_facts(source_from_path(store / "a")), pool.settings).total
