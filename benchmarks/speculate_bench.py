@@ -70,7 +70,7 @@ class Sizes:
     """The random-weight preset of workload (c)."""
 
 
-FULL = Sizes(file_lines=120, copy_tokens=1800, prose_tokens=256, stream_tokens=256, runs=2, synthetic="phi3-mini")
+FULL = Sizes(file_lines=120, copy_tokens=1600, prose_tokens=256, stream_tokens=256, runs=2, synthetic="phi3-mini")
 QUICK = Sizes(file_lines=12, copy_tokens=48, prose_tokens=24, stream_tokens=12, runs=1, synthetic="tiny-llama")
 
 
