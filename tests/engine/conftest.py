@@ -9,6 +9,7 @@ import pytest
 from mlx_lm import load
 
 from pensieve.engine import DraftModel, Engine, EngineConfig
+from pensieve.models import ChatRequest, Finished, TextDelta
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +32,15 @@ def make_engine():
     yield make
     for engine in made:
         engine.close()
+
+
+async def answer(engine: Engine, request: ChatRequest) -> tuple[str, Finished]:
+    """A request's whole text and its Finished event."""
+    text, finished = "", None
+    async for event in engine.generate(request):
+        if isinstance(event, TextDelta):
+            text += event.text
+        elif isinstance(event, Finished):
+            finished = event
+    assert finished is not None
+    return text, finished

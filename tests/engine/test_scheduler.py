@@ -13,6 +13,7 @@ from mlx_lm.generate import stream_generate
 from pensieve.engine import Engine
 from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams, TextDelta
 from pensieve.utils import PromptTooLongError, RateLimitError
+from tests.engine.conftest import answer
 
 
 def request(text: str, max_tokens: int = 24, **sampling: float) -> ChatRequest:
@@ -26,14 +27,7 @@ def request(text: str, max_tokens: int = 24, **sampling: float) -> ChatRequest:
 
 async def run(engine: Engine, req: ChatRequest, *, delay: float = 0.0) -> tuple[str, Finished]:
     await asyncio.sleep(delay)
-    text, finished = "", None
-    async for event in engine.generate(req):
-        if isinstance(event, TextDelta):
-            text += event.text
-        elif isinstance(event, Finished):
-            finished = event
-    assert finished is not None
-    return text, finished
+    return await answer(engine, req)
 
 
 def mlx_lm_generation(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[str, list[int]]:

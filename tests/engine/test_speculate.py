@@ -23,7 +23,8 @@ from pensieve.engine.proposers import DraftModel
 from pensieve.engine.scheduler import Job
 from pensieve.engine.speculate import SpeculationConfig
 from pensieve.modelmgr.synthetic import make_random_model
-from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams, TextDelta
+from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams
+from tests.engine.conftest import answer
 
 OFF = SpeculationConfig(mode="off")
 
@@ -53,15 +54,9 @@ async def run(engine: Engine, request: ChatRequest) -> Run:
     submit = engine.submit
     engine.submit = lambda job: (jobs.append(job), submit(job))[1]  # type: ignore[method-assign]
     try:
-        text, finished = "", None
-        async for event in engine.generate(request):
-            if isinstance(event, TextDelta):
-                text += event.text
-            elif isinstance(event, Finished):
-                finished = event
+        text, finished = await answer(engine, request)
     finally:
         engine.submit = submit  # type: ignore[method-assign]
-    assert finished is not None
     return Run(text, finished, jobs[0])
 
 
