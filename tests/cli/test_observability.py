@@ -67,6 +67,26 @@ def test_request_log_line_has_figures_but_content_only_when_enabled(server: Serv
     assert CANARY in line["extra"]["request_body"]
 
 
+def test_speculation_shows_in_the_log_line_the_debug_list_and_metrics(server: ServerThread, captured: list[dict[str, Any]]) -> None:
+    """The random model repeats its tokens, so the lookup's proposals are accepted."""
+    body = {"model": "m", "max_tokens": 40, "temperature": 0, "messages": [{"role": "user", "content": "Hello"}]}
+    status, headers, _ = http("POST", f"{server.base_url}/v1/messages", body, key=API_KEY)
+    assert status == 200
+    (line,) = [r for r in captured if r["extra"].get("request_id") == headers["request-id"] and r["extra"].get("component") == "http"]
+    extra = line["extra"]
+    assert extra["tokens_per_pass"] > 1 and extra["speculation_acceptance"] > 0
+    assert " tok/pass accepted=" in line["message"]
+    recent = json.loads(http("GET", f"{server.base_url}/v1/debug/requests", key=API_KEY)[2])["requests"]
+    (mine,) = [r for r in recent if r["request_id"] == headers["request-id"]]
+    assert mine["profile"]["speculation_accepted"] > 0 and mine["profile"]["decode_passes"] < 39
+    metrics = server._runner.app[METRICS].render().decode()  # type: ignore[union-attr]
+    figures = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("pensieve_")}
+    model = next(k for k in figures if k.startswith("pensieve_decode_passes_total")).split('"')[1]
+    assert figures[f'pensieve_speculation_tokens_total{{model="{model}",outcome="accepted"}}'] > 0
+    passes = figures[f'pensieve_decode_passes_total{{model="{model}"}}']
+    assert figures[f'pensieve_decode_pass_tokens_total{{model="{model}"}}'] > passes > 0
+
+
 def test_metrics_auth_and_cors_follow_the_live_settings(server: ServerThread) -> None:
     url = f"{server.base_url}/metrics"
     assert http("GET", url)[0] == 401

@@ -3,5 +3,17 @@
 from pensieve.engine.engine import Engine, EngineConfig, Generation
 from pensieve.engine.kv_budget import KVCost, quantized_factor
 from pensieve.engine.prompt import RenderedPrompt, render_prompt
+from pensieve.engine.proposers import DraftModel
+from pensieve.engine.speculate import SpeculationConfig
 
-__all__ = ["Engine", "EngineConfig", "Generation", "KVCost", "RenderedPrompt", "quantized_factor", "render_prompt"]
+__all__ = [
+    "DraftModel",
+    "Engine",
+    "EngineConfig",
+    "Generation",
+    "KVCost",
+    "RenderedPrompt",
+    "SpeculationConfig",
+    "quantized_factor",
+    "render_prompt",
+]

@@ -24,9 +24,11 @@ from pensieve.engine.kv_budget import KVBudget, KVCost
 from pensieve.engine.output import Markers, OutputParser
 from pensieve.engine.prefix_policy import lasting_prefix
 from pensieve.engine.prompt import RenderedPrompt, render_prompt, writes_json_calls
+from pensieve.engine.proposers import DraftModel
 from pensieve.engine.quantized_cache import GROUP_SIZE, make_cache, supports_quantized_kv
 from pensieve.engine.sampling import Sampler, make_sampler
 from pensieve.engine.scheduler import Job, Scheduler, SchedulerConfig
+from pensieve.engine.speculate import Speculation, SpeculationConfig, speculation_for
 from pensieve.engine.tokenize import PieceEncoder
 from pensieve.metal import RequestProfile
 from pensieve.models import (
@@ -69,6 +71,7 @@ class EngineConfig:
     """Idle this long, the prefix cache and MLX's buffer cache go back to the machine (0: never)."""
     prefix_disk: DiskTier | None = None
     """The prefix cache's disk tier (it needs the memory tier above it); None: memory only."""
+    speculation: SpeculationConfig = SpeculationConfig()
 
 
 MIN_PREFILL_CHUNK = 64
@@ -88,6 +91,7 @@ class Engine:
         context_length: int,
         config: EngineConfig = EngineConfig(),
         batch_model: Any = None,
+        draft: DraftModel | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -98,6 +102,8 @@ class Engine:
         self._encoder = PieceEncoder(tokenizer)
         self.grammars = Grammars(tokenizer)
         """Structured output's compiled grammars, cached per schema (see `constrain`)."""
+        self.draft = draft
+        self._stop_ids = frozenset(tokenizer.eos_token_ids)
         self.sampler_for: Callable[[ChatRequest], Sampler | None] = lambda r: make_sampler(r.sampling)
         """Builds each request's sampler; replaceable so a test can force the output tokens
         while every forward pass, parse and encode stays real."""
@@ -249,7 +255,9 @@ class Engine:
         MLX compiles kernels the first time each shape is used (tens of seconds on CUDA, less
         on Metal). One lone sequence covers the single-sequence path and two at once the
         batched one, each with a short and a longer prefill, so that cost is paid at load time
-        and not by the first user.
+        and not by the first user. The longer lone one decodes a few more tokens with
+        speculation on, so its verification passes (and the draft model, if any) run too
+        wherever its prompt of one repeated token gives the lookup something to propose.
         """
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -257,8 +265,12 @@ class Engine:
 
         async def run(lengths: tuple[int, ...]) -> None:
             queues = [asyncio.Queue[Message]() for _ in lengths]
+            lone = len(lengths) == 1 and lengths[0] > 8
             for n, queue in zip(lengths, queues, strict=True):
-                self._scheduler.submit(Job(prompt=[token] * n, max_tokens=4, loop=loop, sink=queue.put_nowait))
+                self._scheduler.submit(Job(
+                    prompt=[token] * n, max_tokens=16 if lone else 4, loop=loop, sink=queue.put_nowait,
+                    speculation=self.speculation_for(None) if lone else None,
+                ))  # fmt: skip
             for queue in queues:
                 while not isinstance(await queue.get(), SequenceEnd):
                     pass
@@ -266,6 +278,16 @@ class Engine:
         for lengths in ((8,), (200,), (8, 200)):
             await run(lengths)
         return time.perf_counter() - start
+
+    def speculation_for(self, sampler: Sampler | None) -> Speculation | None:
+        """A new sequence's speculative decoding (see `speculate.py`), or None where it is off."""
+        return speculation_for(
+            self.config.speculation,
+            sampler,
+            stop_ids=self._stop_ids,
+            draft=self.draft,
+            prefill_step_size=self.config.prefill_step_size,
+        )
 
     def submit(self, job: Job) -> None:
         """Queue a sequence on the compute thread."""
@@ -323,14 +345,16 @@ class Generation:
         """The generation's events; None is a keep-alive tick asked for with `nudge()`."""
         engine, request, rendered, queue = self.engine, self.request, self.rendered, self._queue
         prompt = rendered.tokens
+        sampler = engine.sampler_for(request)
         job = Job(
             prompt=prompt,
             max_tokens=max(1, min(request.max_tokens, engine.context_length - len(prompt))),
             loop=asyncio.get_running_loop(),
             sink=queue.put_nowait,
-            sampler=engine.sampler_for(request),
+            sampler=sampler,
             persist=self.lasting,
             constraint=self.constraint,
+            speculation=None if self.constraint is not None else engine.speculation_for(sampler),
         )
         parser = OutputParser.for_prompt(engine.tokenizer, rendered, request)
         detok = copy.copy(engine.tokenizer.detokenizer)
@@ -402,7 +426,8 @@ def _stop_reason(reason: FinishReason | None, parser: OutputParser) -> StopReaso
 
 def _timings(job: Job, profile: RequestProfile) -> dict[str, float]:
     """Queue wait, prefill (to the first token) and decode from the compute thread's clock,
-    plus the phases the request recorded itself (tokenize, detokenize) and memory marks."""
+    plus the phases the request recorded itself (tokenize, detokenize), memory marks and,
+    where it ran, speculation's figures (acceptance, tokens per forward pass)."""
     end = time.perf_counter()
     started = job.started_at or end
     first = job.first_token_at or end
@@ -410,6 +435,8 @@ def _timings(job: Job, profile: RequestProfile) -> dict[str, float]:
     profile.add("prefill", first - started)
     profile.add("decode", end - first)
     profile.add("total", end - job.enqueued_at)
+    if job.speculation is not None:
+        profile.figures.update(job.speculation.figures())
     profile.mark_memory()
     return profile.as_dict()
 

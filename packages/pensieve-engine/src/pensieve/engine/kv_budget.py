@@ -55,6 +55,10 @@ class KVCost:
             low, high = (mid, high) if self.bytes(mid * STEP) <= capacity else (low, mid - 1)
         return low * STEP
 
+    def plus(self, other: KVCost) -> KVCost:
+        """Two caches per sequence (a model and its draft)."""
+        return KVCost(self.full + other.full, self.windowed + other.windowed, self.fixed + other.fixed)
+
     def scaled(self, factor: float) -> KVCost:
         """The same layout with every full-attention element taking `factor` times the bytes
         (a quantized KV cache: packed values plus a scale and bias per group)."""

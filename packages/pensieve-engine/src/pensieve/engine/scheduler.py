@@ -41,7 +41,9 @@ from pensieve.engine.channel import Admitted, FinishReason, Output, SequenceEnd,
 from pensieve.engine.kv_budget import KVBudget, Occupancy
 from pensieve.engine.prefix_cache import LowerTier, PrefixCache
 from pensieve.engine.quantized_cache import make_cache
+from pensieve.engine.sampling import seek
 from pensieve.engine.solo import ONE_PASS_TOKENS, SoloSequence
+from pensieve.engine.speculate import Speculation
 from pensieve.utils.logging import logger
 
 SHORT_PROMPT = ONE_PASS_TOKENS
@@ -59,6 +61,8 @@ class Job:
     sampler: Any = None
     constraint: Any = None
     """Structured output: the sequence's `SequenceConstraint`, or None (unconstrained)."""
+    speculation: Speculation | None = None
+    """Speculative decoding on the single-sequence path; None where it is off."""
     cached: int = 0
     """Prompt tokens served from the prefix cache (set on the compute thread at admission)."""
     persist: int = 0
@@ -76,8 +80,12 @@ class Job:
     """Times it gave its memory back and waited to resume."""
 
     @property
+    def produced(self) -> int:
+        return len(self.history) - len(self.prompt)
+
+    @property
     def remaining(self) -> int:
-        return self.max_tokens - (len(self.history) - len(self.prompt))
+        return self.max_tokens - self.produced
 
     def admitted(self) -> None:
         self._send(Admitted(self.cached))
@@ -86,6 +94,8 @@ class Job:
         self._send(TokenOut(token))
 
     def end(self, reason: FinishReason, token: int | None = None, error: BaseException | None = None) -> None:
+        if self.speculation is not None:
+            self.speculation.release()  # its memory is back before the reader hears of the end
         self._send(SequenceEnd(reason, token, error))
 
     def _send(self, output: Output) -> None:
@@ -399,6 +409,7 @@ class Scheduler:
                     self._name, len(job.history))  # fmt: skip
 
     def _insert(self, generator: BatchGenerator, job: Job, cache: list[Any], to_feed: list[int]) -> None:
+        seek(job.sampler, job.produced)
         (uid,) = generator.insert(
             [to_feed],
             max_tokens=[job.remaining],
@@ -422,8 +433,10 @@ class Scheduler:
         self._solo = (job, self._solo_from(job, cache, job.history[fed:]))
 
     def _solo_from(self, job: Job, cache: list[Any], to_feed: list[int]) -> SoloSequence:
+        seek(job.sampler, job.produced)
         return SoloSequence(self._model, job.history, cache, to_feed, sampler=job.sampler, budget=job.remaining,
-                            prefill_chunk=self._chunk, prefill_model=self._batch_model, constraint=job.constraint)  # fmt: skip
+                            prefill_chunk=self._chunk, prefill_model=self._batch_model, constraint=job.constraint,
+                            speculation=job.speculation)  # fmt: skip
 
     def _drop_cancelled(self, generator: BatchGenerator) -> None:
         for lane in ("_solo", "_filling"):
@@ -457,10 +470,13 @@ class Scheduler:
     def _advance(self, lane: str) -> bool:
         """One unit of work for the lone or the filling sequence; True once it produced a token."""
         job, sequence = getattr(self, lane)
-        token = sequence.advance()
-        if token is None:
+        tokens = sequence.advance()
+        if tokens is None:
             return False
         job.first_token_at = job.first_token_at or time.perf_counter()
+        *leading, token = tokens  # only the last can be a stop token or the budget's last
+        for earlier in leading:
+            job.emit(earlier)
         if token in self._stop_ids:
             reason, last = FinishReason.STOP, None  # a stop token is not part of the answer
         elif sequence.budget <= 0:

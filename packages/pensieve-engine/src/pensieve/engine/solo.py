@@ -11,6 +11,11 @@ A constrained sequence (structured output, `constraint.py`) takes one detour per
 forward pass is queued, the token it follows is read, and the grammar's mask for the next token
 is computed on the CPU while the device runs the pass; the mask is then applied and the token
 sampled. Unconstrained sequences keep the plain loop.
+
+With speculation (`speculate.py`) a step may instead verify several proposed tokens in one
+pass and return all it keeps. Such a step needs the last token's value before it can be built,
+so it is never queued ahead; the cache is cut back to the kept tokens before `advance()`
+returns, so `detach()` finds it in the same state as after an unpipelined plain step.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import mlx.core as mx
 from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.sample_utils import greedy_sampler
+
+from pensieve.engine.speculate import Speculation
 
 ONE_PASS_TOKENS = 512
 """Prompts up to this long are prefilled in the same forward pass that yields the first token."""
@@ -42,6 +49,7 @@ class SoloSequence:
         prefill_chunk: Callable[[int], int],
         prefill_model: Any = None,
         constraint: Any = None,
+        speculation: Speculation | None = None,
     ) -> None:
         self.model = model
         self.prefill_model = prefill_model if prefill_model is not None else model
@@ -61,6 +69,11 @@ class SoloSequence:
         self.constraint = constraint
         """A `SequenceConstraint` (mask, advance) for structured output, or None."""
         self._next: mx.array | None = None
+        self._queued_ahead = False
+        """Whether `_next` was queued before the token before it was read."""
+        self._break_next = False
+        """Whether the next take should not queue a step ahead: a proposal is expected."""
+        self.speculation = speculation
 
     def _logits(self, tokens: mx.array, model: Any) -> mx.array:
         return model(tokens[None], cache=self.cache)[:, -1, :]
@@ -74,8 +87,11 @@ class SoloSequence:
     def _forward(self, tokens: mx.array, model: Any) -> mx.array:
         return self._sample(self._logits(tokens, model))
 
-    def advance(self) -> int | None:
-        """Prefill one chunk (returns None) or produce one token (returns it)."""
+    def advance(self) -> list[int] | None:
+        """Prefill one chunk (returns None) or produce tokens: one, or the ones a verification kept.
+
+        Every token returned is within the budget, and only the last may be a stop token.
+        """
         with mx.stream(generation_stream):
             if self._next is None:
                 # A short remainder (a follow-up turn after a prefix-cache hit) goes through in
@@ -88,6 +104,10 @@ class SoloSequence:
                     self.to_feed = self.to_feed[n:]
                     self.fed += n
                     return None
+                if len(self.to_feed) == 1 and self.speculation is not None:
+                    drafts = self.speculation.propose(self.history, self.budget, self.cache)
+                    if drafts is not None:
+                        return self._verify(drafts)
                 many = len(self.to_feed) > 1
                 self._next = self._forward(mx.array(self.to_feed), self.prefill_model if many else self.model)
                 self.fed += len(self.to_feed)
@@ -100,13 +120,17 @@ class SoloSequence:
                     return self._take(self._next, queue_next=False)
             return self._take(self._next, queue_next=True)
 
-    def _take(self, current: mx.array, *, queue_next: bool) -> int:
+    def _take(self, current: mx.array, *, queue_next: bool) -> list[int]:
         self.budget -= 1
         if self.constraint is not None:
             return self._take_constrained(current, queue_next and self.budget > 0)
+        pipelined, prompt = self._queued_ahead, not queue_next
+        if self._break_next:
+            queue_next = False  # a verification will follow this token: it needs its value
         # Queue the following step before reading this token, as generate_step does, so the
         # device never waits for Python.
         self._next = self._forward(current, self.model) if queue_next and self.budget > 0 else None
+        self._queued_ahead = self._next is not None
         if self._next is not None:
             self.fed += 1
             mx.async_eval(self._next)
@@ -114,9 +138,31 @@ class SoloSequence:
         self.history.append(token)
         if self._next is None:
             self.to_feed = [token]  # not in the cache yet: the next advance() feeds it
-        return token
+        spec = self.speculation
+        if spec is not None:
+            spec.delivered(pipelined=pipelined, prompt=prompt)
+            # Asked now, while the step just queued runs, for the take after it.
+            self._break_next = self._next is not None and spec.wants_break(self.history)
+        return [token]
 
-    def _take_constrained(self, current: mx.array, more: bool) -> int:
+    def _verify(self, drafts: mx.array) -> list[int]:
+        """One pass over the last token and the drafts; keep what the model agrees with.
+
+        The pass writes all of them to the cache; the rejected drafts are cut back, and the
+        last kept token waits in `to_feed`, as after a plain step that was not queued ahead.
+        """
+        assert self.speculation is not None
+        inputs = mx.concatenate([mx.array(self.to_feed, dtype=mx.uint32), drafts])
+        logits = self.prefill_model(inputs[None], cache=self.cache)[0]
+        tokens = self.speculation.accept(logits, drafts)
+        trim_prompt_cache(self.cache, len(inputs) - len(tokens))
+        self.history.extend(tokens)
+        self.budget -= len(tokens)
+        self.fed = len(self.history) - 1
+        self.to_feed = [tokens[-1]]
+        return tokens
+
+    def _take_constrained(self, current: mx.array, more: bool) -> list[int]:
         """As `_take`, but the next token's mask needs this token: queue the pass, read the
         token, advance the grammar and compute the mask while the pass runs, then sample."""
         logits = self._logits(current, self.model) if more else None
@@ -131,7 +177,7 @@ class SoloSequence:
             self.to_feed = [token]
         else:
             mx.async_eval(self._next)
-        return token
+        return [token]
 
     def detach(self) -> tuple[list[Any], list[int]]:
         """Stop here and return (cache, tokens to feed) so the batch can carry on.
@@ -146,5 +192,6 @@ class SoloSequence:
                 self.fed -= 1
                 self.to_feed = self.history[self.fed :]
                 self._next = None
+                self._queued_ahead = False
             mx.eval([c.state for c in self.cache])
         return self.cache, self.to_feed

@@ -22,6 +22,8 @@ class RequestProfile:
 
     phases: dict[str, float] = field(default_factory=dict)
     memory: dict[str, int] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)
+    """Other per-request figures, by name (speculative decoding's acceptance, tokens per pass)."""
 
     def add(self, phase: str, seconds: float) -> None:
         self.phases[phase] = self.phases.get(phase, 0.0) + seconds
@@ -41,4 +43,5 @@ class RequestProfile:
     def as_dict(self) -> dict[str, float]:
         out: dict[str, float] = {f"{name}_s": round(value, 6) for name, value in self.phases.items()}
         out.update({name: float(value) for name, value in self.memory.items()})
+        out.update(self.figures)
         return out

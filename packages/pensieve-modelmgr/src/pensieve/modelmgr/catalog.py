@@ -22,7 +22,14 @@ AUTO_KV_BITS = 8
 """What `kv_cache_bits = "auto"` falls back to: near-lossless (benchmarks.md), half the memory."""
 
 
-def plan_for(facts: ModelFacts, settings: Settings, *, name: str = "model", bits: int | None | str = "settings") -> MemoryPlan:
+def plan_for(
+    facts: ModelFacts,
+    settings: Settings,
+    *,
+    name: str = "model",
+    bits: int | None | str = "settings",
+    draft: ModelFacts | None = None,
+) -> MemoryPlan:
     """The model's memory plan on this machine under `settings` (`bits` overrides the KV width).
 
     `kv_cache_bits = "auto"` keeps the cache unquantized when the model's window fits that way
@@ -31,14 +38,14 @@ def plan_for(facts: ModelFacts, settings: Settings, *, name: str = "model", bits
     chosen = settings.performance.kv_cache_bits if bits == "settings" else bits
     if chosen == "auto":
         try:
-            plain = plan_for(facts, settings, name=name, bits=None)
+            plain = plan_for(facts, settings, name=name, bits=None, draft=draft)
         except ModelLoadError:
-            return plan_for(facts, settings, name=name, bits=AUTO_KV_BITS)
+            return plan_for(facts, settings, name=name, bits=AUTO_KV_BITS, draft=draft)
         wanted = min(facts.context_length, settings.model.context_length or facts.context_length)
         if plain.context_length >= wanted:
             return plain
         try:
-            packed = plan_for(facts, settings, name=name, bits=AUTO_KV_BITS)
+            packed = plan_for(facts, settings, name=name, bits=AUTO_KV_BITS, draft=draft)
         except ModelLoadError:
             return plain
         return packed if packed.context_length > plain.context_length else plain
@@ -51,6 +58,7 @@ def plan_for(facts: ModelFacts, settings: Settings, *, name: str = "model", bits
         configured_context=settings.model.context_length,
         kv_bits=None if chosen == "none" else chosen,  # type: ignore[arg-type]
         fused_attention=device_info().backend == "metal",
+        draft=draft,
     )
 
 

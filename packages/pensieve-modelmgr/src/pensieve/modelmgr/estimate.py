@@ -1,7 +1,8 @@
 """How much memory a model will take, and the window it can offer, worked out before loading.
 
     budget   = weights + activations + base + KV pool
-    weights  = the tensors' bytes once loaded (file headers; GGUF types MLX expands count as F16)
+    weights  = the tensors' bytes once loaded (file headers; GGUF types MLX expands count as F16),
+               the draft model's too when one is loaded beside it (model.draft)
     activations = one prefill pass: hidden states and MLP activations of prefill_step tokens,
                the last pass's logits, and, where attention materializes its scores (no fused
                kernel: MLX's CPU and CUDA backends, and a quantized KV cache anywhere), those
@@ -121,6 +122,7 @@ def plan_memory(
     configured_context: int | None,
     kv_bits: int | None = None,
     fused_attention: bool = True,
+    draft: ModelFacts | None = None,
 ) -> MemoryPlan:
     """The plan the model will load with, or ModelLoadError if it cannot fit the budget.
 
@@ -129,12 +131,14 @@ def plan_memory(
     """
     wanted = min(facts.context_length, configured_context or facts.context_length)
     cost = facts.kv_cost.scaled(quantized_factor(kv_bits, facts.activation_bytes))
+    if draft is not None:  # each sequence keeps the draft's cache too
+        cost = cost.plus(draft.kv_cost)
     scores = None if fused_attention and kv_bits is None else ATTENTION_SCORES_BYTES
 
     def at(context: int) -> MemoryPlan:
         return MemoryPlan(
             budget=budget,
-            weights=facts.weight_bytes,
+            weights=facts.weight_bytes + (draft.weight_bytes if draft is not None else 0),
             activations=activation_bytes(facts, prefill_step, scores),
             base=BASE_OVERHEAD,
             kv_cost=cost,

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from pensieve.engine import Engine, EngineConfig
+from pensieve.engine import DraftModel, Engine, EngineConfig, SpeculationConfig
 from pensieve.engine.disk_cache import DiskTier
 from pensieve.metal import device_info, memory_stats
 from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model, unpacked_copy
@@ -38,6 +38,7 @@ from pensieve.modelmgr.catalog import (
     servable,
     windows,
 )
+from pensieve.modelmgr.draft import check_draft, check_pair, draft_source, target_vocab
 from pensieve.modelmgr.estimate import MemoryPlan, gib
 from pensieve.modelmgr.facts import ModelFacts, source_signature
 from pensieve.modelmgr.fingerprint import model_identity
@@ -114,6 +115,12 @@ class ModelPool:
             kv_capacity_bytes=self._kv_capacity(plan),
             attention_scores_bytes=plan.attention_scores_bytes,
             idle_release_s=perf.idle_release_s,
+            speculation=SpeculationConfig(
+                mode=perf.speculation,
+                ngram_min=perf.speculation_ngram_min,
+                ngram_max=perf.speculation_ngram_max,
+                max_draft=perf.speculation_max_draft,
+            ),
         )
 
     def _kv_capacity(self, plan: MemoryPlan) -> int:
@@ -172,12 +179,31 @@ class ModelPool:
         served.last_used = time.monotonic()  # idle time starts now, not before a long load
         return engine
 
+    def _draft_for(self, served: ServedModel) -> ModelSource | None:
+        """`model.draft` drafts for the default model only (it must share that model's tokenizer)."""
+        if served.source.name != self.default_name or self.settings.performance.speculation == "off":
+            return None
+        try:
+            return draft_source(self.settings, self.store)
+        except PensieveError as exc:
+            raise ModelLoadError(f"model.draft: {exc.message}") from exc
+
+    def _load_draft(self, source: ModelSource, target: LoadedModel) -> DraftModel:
+        """Load the draft next to its target, refuse it unless they share a tokenizer, lay it out."""
+        loaded = load_source(source)
+        check_pair(target, loaded)
+        self._choose_layout(loaded)
+        logger.info("{}: {} drafts for it", target.source.name, source.name)
+        return DraftModel(loaded.model, loaded.batch_model, target_vocab(target))
+
     async def _load(self, served: ServedModel) -> Engine:
         served.error = served.error_signature = None
         name = served.source.name
         try:
             facts = await self._off_loop(check_source, served.source)
-            plan = plan_for(facts, self.settings, name=name)
+            draft = self._draft_for(served)
+            draft_facts = await self._off_loop(check_draft, draft) if draft is not None else None
+            plan = plan_for(facts, self.settings, name=name, draft=draft_facts)
             async with self._admission:
                 await self._make_room(served, plan.reserved)
                 served.plan = plan
@@ -190,8 +216,9 @@ class ModelPool:
             self._log_windows(name, facts)
             loaded = await self._off_loop(load_source, served.source)
             await self._off_loop(self._choose_layout, loaded)
+            drafting = await self._off_loop(self._load_draft, draft, loaded) if draft is not None else None
             # The layout may have added a twin: the KV pool is what is left beside what loaded.
-            plan = served.plan = replace(plan, weights=loaded.weight_bytes)
+            plan = served.plan = replace(plan, weights=plan.weights - facts.weight_bytes + loaded.weight_bytes)
             engine = Engine(
                 loaded.model,
                 loaded.tokenizer,
@@ -199,6 +226,7 @@ class ModelPool:
                 context_length=min(plan.context_length, loaded.context_length),
                 config=replace(self.engine_config(plan), prefix_disk=await self._off_loop(self._disk_tier, loaded)),
                 batch_model=loaded.batch_model,
+                draft=drafting,
             )
             if self.settings.performance.warmup:
                 served.warmup_seconds = await engine.warmup()

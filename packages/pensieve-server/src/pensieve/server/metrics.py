@@ -118,6 +118,17 @@ class Metrics:
         self.token_latency = Histogram(
             "pensieve_time_per_output_token_seconds", "Decode time per output token after the first", ["model"], buckets=TOKEN_BUCKETS, registry=r
         )
+        self.speculation = Counter(
+            "pensieve_speculation_tokens", "Tokens proposed by speculative decoding, and those the model accepted",
+            ["model", "outcome"], registry=r,
+        )
+        self.passes = Counter(
+            "pensieve_decode_passes", "Forward passes of single-sequence decoding (one verification is one)", ["model"], registry=r
+        )
+        self.pass_tokens = Counter(
+            "pensieve_decode_pass_tokens", "Tokens those passes produced: over pensieve_decode_passes, tokens per pass",
+            ["model"], registry=r,
+        )
         self.in_progress = Gauge("pensieve_requests_in_progress", "HTTP requests being handled", registry=r)
         self.reloads = Counter("pensieve_config_reloads", "Configuration reloads (SIGHUP)", registry=r)
         r.register(_ProviderCollector(provider))
@@ -134,6 +145,12 @@ class Metrics:
             self.ttft.labels(model).observe(summary.ttft_s)
         if summary.time_per_token_s is not None:
             self.token_latency.labels(model).observe(summary.time_per_token_s)
+        figures = summary.profile or {}
+        if figures.get("decode_passes"):
+            self.passes.labels(model).inc(figures["decode_passes"])
+            self.pass_tokens.labels(model).inc(figures.get("decode_pass_tokens", 0.0))
+            self.speculation.labels(model, "proposed").inc(figures.get("speculation_proposed", 0.0))
+            self.speculation.labels(model, "accepted").inc(figures.get("speculation_accepted", 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -73,6 +73,10 @@ class RequestSummary:
     time_per_token_s: float | None = None
     queue_s: float | None = None
     stop_reason: str | None = None
+    tokens_per_pass: float | None = None
+    """Decode tokens per forward pass of the single-sequence path (above 1 with speculation)."""
+    speculation_acceptance: float | None = None
+    """Share of speculatively proposed tokens the model accepted."""
     profile: dict[str, float] | None = None
     """Phase timings and memory marks from the engine's profiler (see pensieve.metal.profiler)."""
 
@@ -92,6 +96,8 @@ class RequestSummary:
                 text += f" ttft={self.ttft_s:.3f}s"
             if self.tokens_per_s is not None:
                 text += f" {self.tokens_per_s:.1f} tok/s"
+            if self.tokens_per_pass is not None:
+                text += f" {self.tokens_per_pass:.2f} tok/pass accepted={self.speculation_acceptance or 0:.0%}"
             text += f" stop={self.stop_reason}"
         return text
 
@@ -120,6 +126,9 @@ def summarize(
     summary.cached_tokens = finished.usage.cache_read_input_tokens
     summary.stop_reason = finished.stop_reason
     summary.profile = dict(finished.timings)
+    if timings.get("decode_passes"):
+        summary.tokens_per_pass = timings.get("tokens_per_pass")
+        summary.speculation_acceptance = timings.get("speculation_acceptance")
     if "prefill_s" in timings:
         summary.ttft_s = round(timings.get("queue_s", 0.0) + timings["prefill_s"], 6)
         summary.queue_s = round(timings.get("queue_s", 0.0), 6)

@@ -27,6 +27,7 @@ def _examples() -> dict[str, Any]:
         "model.aliases": {"claude-*": "smollm2-135m-instruct"},
         "model.memory_budget_gb": 12.0,
         "model.context_length": 4096,
+        "model.draft": "qwen2.5-0.5b-instruct-4bit",
         "server.cors_origins": ["http://localhost:3000"],
         "logging.file": str(log_dir() / "pensieve.log"),
         "performance.prefix_cache_dir": str(prefix_cache_dir()),

@@ -79,6 +79,10 @@ class ModelSettings(_Section):
     """Override the model's own context window (smaller only)."""
     context_policy: Literal["error", "truncate"] = "error"
     """A prompt longer than the context window: "error" (a 400) or "truncate" old turns."""
+    draft: str | None = None
+    """A small model that proposes tokens for the default model to check (speculative
+    decoding): a store name, the embedded model or a path. It must share the default model's
+    tokenizer (the same family); it is loaded beside it, within the memory budget."""
 
 
 class PerformanceSettings(_Section):
@@ -114,6 +118,17 @@ class PerformanceSettings(_Section):
     cudnn_attention: bool = False
     """CUDA only: cuDNN's fused attention. It builds a graph for every new prompt length (50-100 ms
     on an H100), which nearly every request pays; off, MLX's own kernels serve. Read at start."""
+    speculation: Literal["auto", "off"] = "auto"
+    """Speculative decoding of a lone stream: tokens proposed from the request's own prompt and
+    output (and by model.draft, if set) are checked in one forward pass, so copying (file
+    contents in an Edit call, quoted code) costs fewer passes. Answers are unchanged; "auto"
+    keeps it on for each request only while it makes decoding faster. Read at model load."""
+    speculation_ngram_min: int = Field(2, ge=1, le=16)
+    """Fewest of a request's last tokens that must match earlier tokens to propose what followed them."""
+    speculation_ngram_max: int = Field(4, ge=1, le=16)
+    """Most of its last tokens matched (a longer match is tried first; below the minimum means the minimum)."""
+    speculation_max_draft: int = Field(8, ge=1, le=64)
+    """Most proposed tokens checked in one forward pass."""
     weights_layout: Literal["auto", "quantized", "dequantized"] = "auto"
     """Keep a quantized model's weights packed, or unpack them at load for speed; `auto` unpacks
     on MLX's CPU (with OpenBLAS) and CUDA backends when they fit, never on Apple Silicon."""
