@@ -13,7 +13,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
-from pensieve.modelmgr.estimate import ATTENTION_SCORES_BYTES, MIN_CONTEXT, MemoryPlan, plan_memory
+from pensieve.modelmgr.estimate import MIN_CONTEXT, MemoryPlan, attention_scores_bytes, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, model_facts
 from pensieve.modelmgr.gguf import read_gguf, read_gguf_header
 from pensieve.modelmgr.sources import source_from_path
@@ -106,8 +106,8 @@ def test_plan_refuses_a_model_too_big_for_the_budget(facts: ModelFacts) -> None:
 
 def test_a_quantized_kv_cache_grows_the_window(facts: ModelFacts) -> None:
     scores = _plan(facts, 2**40, fused_attention=False).activations - _plan(facts, 2**40).activations
-    assert scores == ATTENTION_SCORES_BYTES  # unfused attention (or a quantized cache) plans for its scores
-    budget = _plan(facts, 2**40, fused_attention=False).fixed + facts.kv_cost.bytes(4096) + 100
+    assert scores == attention_scores_bytes(2**40)  # unfused attention (or a quantized cache) plans for its scores
+    budget = _plan(facts, 2**30, fused_attention=False).fixed + facts.kv_cost.bytes(4096) + 100  # the smallest cap
     windows = {bits: _plan(facts, budget, kv_bits=bits, fused_attention=False).context_length for bits in (None, 8, 4)}
     assert windows[None] == 4096 and windows[8] >= 2 * 4096 * 0.9 and windows[4] >= 2 * windows[8] * 0.9
 
@@ -121,7 +121,7 @@ def test_auto_kv_bits_quantizes_only_when_the_window_would_not_fit(facts: ModelF
 
     roomy = planned(2**34)
     assert roomy.kv_bits is None and roomy.context_length == 32768
-    tight = _plan(facts, 2**34, fused_attention=False).fixed + facts.kv_cost.bytes(16384)
+    tight = _plan(facts, 2**30, fused_attention=False).fixed + facts.kv_cost.bytes(16384)  # the smallest cap
     squeezed = planned(tight)
     assert squeezed.kv_bits == 8 and squeezed.context_length == 32768  # 8-bit gives the whole window back
     assert _plan(facts, tight, fused_attention=False).context_length == 16384

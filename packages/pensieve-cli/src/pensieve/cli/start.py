@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -85,7 +85,22 @@ def start(
     def reload() -> Settings:
         return load_settings(config_file, overrides=overrides)
 
-    sys.exit(_serve(settings, reload, args, daemon=daemon_child))
+    _exit_after_serving(_serve(settings, reload, args, daemon=daemon_child))
+
+
+def _exit_after_serving(code: int) -> NoReturn:
+    """Leave the process once the server has stopped in order, without the interpreter's teardown.
+
+    By then every request is finished or cancelled, every compute and loader thread joined, the
+    PID file removed and the log written. What the interpreter's teardown would still do is
+    unload native libraries: with MLX's CUDA backend that aborted the process after every clean
+    stop ("terminate called without an active exception", exit 134), and a service manager counts
+    an abort as a failure. Measured on an H200: exit 134 before, 0 after.
+    """
+    logger.complete()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _forwarded_args(ctx: click.Context) -> list[str]:

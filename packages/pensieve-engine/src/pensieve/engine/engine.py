@@ -67,6 +67,9 @@ class EngineConfig:
     attention_scores_bytes: int | None = None
     """Where attention materializes its scores (no fused kernel), the most one prefill pass may
     take for them; long prompts then prefill in smaller passes. None: no limit (fused kernel)."""
+    attention_score_bytes: int = 8
+    """Bytes per query-key pair and head while attention is unfused: the scores and their softmax,
+    in the model's activation precision (2 x 4 for float32 models, 2 x 2 for 16-bit ones)."""
     idle_release_s: float = 0.0
     """Idle this long, the prefix cache and MLX's buffer cache go back to the machine (0: never)."""
     prefix_disk: DiskTier | None = None
@@ -75,8 +78,6 @@ class EngineConfig:
 
 
 MIN_PREFILL_CHUNK = 64
-SCORE_BYTES = 8
-"""Bytes per query-key pair and head while attention is unfused: float32 scores and their softmax."""
 
 
 class Engine:
@@ -140,7 +141,7 @@ class Engine:
         step, cap = self.config.prefill_step_size, self.config.attention_scores_bytes
         if cap is None:
             return step
-        pairs = cap / (self._heads * SCORE_BYTES)
+        pairs = cap / (self._heads * self.config.attention_score_bytes)
         n = int((math.sqrt(cached * cached + 4 * pairs) - cached) / 2)
         return max(MIN_PREFILL_CHUNK, min(step, n))
 

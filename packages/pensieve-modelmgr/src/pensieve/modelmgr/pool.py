@@ -114,6 +114,7 @@ class ModelPool:
             kv_cost=plan.kv_cost,
             kv_capacity_bytes=self._kv_capacity(plan),
             attention_scores_bytes=plan.attention_scores_bytes,
+            attention_score_bytes=2 * plan.activation_element_bytes,
             idle_release_s=perf.idle_release_s,
             speculation=SpeculationConfig(
                 mode=perf.speculation,
