@@ -32,6 +32,7 @@ from mlx_lm.generate import generation_stream
 
 from pensieve.models import DistributedStatus, RankStatus
 from pensieve.utils import ConfigError
+from pensieve.utils.launcher import launched_backend
 from pensieve.utils.logging import logger
 
 EXIT_BROKEN = 75
@@ -40,35 +41,6 @@ ERROR_GRACE_S = 2.0
 """How long rank 0 lets its HTTP side send the failed requests their errors before it exits."""
 HOST_BYTES = 64
 """A rank's host name, as far as the group is told it."""
-
-_LAUNCHED_BY = (("MLX_JACCL_COORDINATOR", "jaccl"), ("NCCL_HOST_IP", "nccl"), ("MLX_HOSTFILE", "ring"))
-"""What `mlx.launch` sets for each backend (mlx/_distributed_utils/launch.py), most specific first."""
-
-
-def launched_backend(env: Mapping[str, str]) -> str | None:
-    """The backend `mlx.launch` (or `mpirun`) prepared this process for; None when started alone.
-
-    A ring launch on one host writes an empty hostfile: that is a group of one, so alone too.
-    """
-    if "OMPI_COMM_WORLD_SIZE" in env:
-        return "mpi"
-    if "MLX_RANK" not in env:
-        return None
-    for variable, backend in _LAUNCHED_BY:
-        if env.get(variable):
-            if backend == "ring" and not _has_content(env[variable]):
-                return None
-            return backend
-    return None
-
-
-def _has_content(path: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as file:
-            return bool(file.read().strip())
-    except OSError:
-        return False
-
 
 class Watchdog:
     """Deadlines for blocking work done on other threads; `expired(reason)` is called from its own.
@@ -239,7 +211,6 @@ def join(backend: str, *, parallel: str, timeout_s: float, load_timeout_s: float
                 f"could not join the {chosen} group started by mlx.launch: {exc}. Check the hostfile "
                 "and that every rank runs the same Pensieve (docs/operations.md, 'Several machines')"
             ) from exc
-    group = holder[0]
     if group.size() == 1:
         watchdog.stop()
         return None
