@@ -274,6 +274,8 @@ class Scheduler:
         """In a group: rank 0 decides the turn's newcomers and cancellations, every rank applies them.
 
         An idle rank 0 waits for work at most `tick_s`: its empty turn is the group's heartbeat.
+        The others know it is idle (their state is its state) and sleep meanwhile, because MLX's
+        ring backend polls its sockets while a collective waits: a core each, for nothing.
         """
         with self._wake:
             idle = not (self._inbox or self._cancels or self._busy() or self._closing)
@@ -285,6 +287,8 @@ class Scheduler:
         if idle and not self._idle_cleared:
             mx.clear_cache()
             self._idle_cleared = True
+        if idle and not lockstep.leads:
+            time.sleep(lockstep.pause_s)
         turn = lockstep.turn(arrived, cancels, closing)
         for job in turn.cancelled:
             job.cancelled = True

@@ -376,7 +376,7 @@ class ModelPool:
     def disk_cache(self) -> DiskCacheReport | None:
         """The prefix cache's disk tier as a whole (every model's files); None when it is off."""
         perf = self.settings.performance
-        if perf.prefix_cache_disk_gb <= 0:
+        if perf.prefix_cache_disk_gb <= 0 or self.sharding is not None:
             return None
         files, nbytes = folder_usage(perf.prefix_cache_path)
         return DiskCacheReport(str(perf.prefix_cache_path), nbytes, files, int(perf.prefix_cache_disk_gb * 1024**3))

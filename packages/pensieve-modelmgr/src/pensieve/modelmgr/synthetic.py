@@ -110,8 +110,13 @@ def make_random_model(
     dtype: mx.Dtype = mx.float32,
     hf_format: bool = False,
     tokenizer: Any = None,
+    scale: float = 1.0,
 ) -> Path:
     """Write `out_dir` (config.json, weights, tokenizer) and return it.
+
+    `scale` multiplies every attention and MLP projection. At the default initialization a small
+    model's greedy output is nearly constant (tiny-llama: 2 distinct tokens in 100); at 4 almost
+    every token differs, which is what a token-for-token comparison of two paths needs.
 
     With `hf_format`, the folder looks like an unconverted Hugging Face checkpoint instead:
     `architectures` and `torch_dtype` in the config, PyTorch's safetensors metadata, no
@@ -128,6 +133,8 @@ def make_random_model(
     mx.random.seed(seed)
     model = module.Model(module.ModelArgs.from_dict(config))
     model.set_dtype(dtype)
+    if scale != 1.0:
+        model.load_weights([(k, v * scale if "proj" in k else v) for k, v in tree_flatten(model.parameters())])
     if bits:
         nn.quantize(model, group_size=group_size, bits=bits)
         config["quantization"] = {"group_size": group_size, "bits": bits}
