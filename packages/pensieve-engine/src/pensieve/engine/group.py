@@ -129,8 +129,12 @@ class Group:
 
         On the thread's generation stream, the one the forward passes (and their own
         collectives) run on: collectives on two streams could interleave differently on two
-        ranks, and the ranks would then wait on each other forever.
+        ranks, and the ranks would then wait on each other forever. What is queued there is
+        finished first: when a rank dies during a queued step, waiting for that step raises at
+        once, but a collective queued behind it would wait forever (MLX's ring backend fails
+        the pending one and never runs the next).
         """
+        mx.synchronize(generation_stream)
         summed = mx.distributed.all_sum(mx.array(words, dtype=mx.int64), group=self._group, stream=generation_stream)
         return np.array(summed, dtype=np.int64)
 

@@ -214,7 +214,7 @@ class Lockstep:
 
     def broken(self, exc: BaseException) -> NoReturn:
         """A step or a collective raised: on one rank only, perhaps, so the group cannot go on."""
-        self.group.fail(f"{type(exc).__name__}: {exc}")
+        self.group.fail(str(exc) if type(exc) is RuntimeError else f"{type(exc).__name__}: {exc}")
 
     # -- rank 0 ----------------------------------------------------------------------------
 
@@ -296,11 +296,15 @@ class Lockstep:
         stats = memory_stats()
         slot = _HEADER + _SLOT * group.rank
         words[slot : slot + _SLOT] = (self._turn, stats.active_bytes, stats.peak_bytes)
+        # A rank that died mid-collective may leave the sum without its part rather than fail
+        # it (MLX's ring backend): its slot then reads zero.
         words = group.all_sum(words)
         if int(words[0]) != MAGIC:
-            raise RuntimeError("rank 0 sent no valid header: the ranks run different versions of Pensieve")
+            raise RuntimeError(_missing(group, 0) if int(words[0]) == 0 else "rank 0 sent an unknown header: the ranks run different versions of Pensieve")
         for rank in range(group.size):
             at, active, peak = (int(w) for w in words[_HEADER + _SLOT * rank : _HEADER + _SLOT * (rank + 1)])
+            if at == 0:
+                raise RuntimeError(_missing(group, rank))
             if at != self._turn or int(words[1]) != self._turn:
                 raise RuntimeError(f"rank {rank} is at turn {at} and this rank at {self._turn}: the ranks diverged")
             group.record(rank, active_bytes=active, peak_bytes=peak)
@@ -310,6 +314,10 @@ class Lockstep:
         if size:
             payload = group.all_sum(payload)
         return decode(words, payload)
+
+
+def _missing(group: Group, rank: int) -> str:
+    return f"nothing came from rank {rank} ({group.ranks[rank].host}): it stopped or lost its connection"
 
 
 class GroupBroken(RuntimeError):
