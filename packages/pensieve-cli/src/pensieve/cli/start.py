@@ -129,7 +129,6 @@ def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool, ra
     )
     # MLX's Linux CPU build: re-execute once with OpenBLAS preloaded (same PID), before MLX loads.
     reexec_with_openblas(settings.performance.weights_layout)
-    from pensieve.engine.group import join
     from pensieve.metal import apply_memory_limits, configure_cuda_attention
     from pensieve.modelmgr import ModelPool  # MLX: only in the serving process
     from pensieve.modelmgr.sharded import Sharding
@@ -137,15 +136,15 @@ def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool, ra
 
     configure_cuda_attention(settings.performance.cudnn_attention)
     try:
-        dist = settings.distributed
-        group = join(dist.backend, parallel=dist.parallel, timeout_s=dist.timeout_s, load_timeout_s=dist.load_timeout_s)
-        pool = ModelPool(settings, sharding=Sharding(group) if group is not None else None)
+        sharding = Sharding.join(settings.distributed)
+        pool = ModelPool(settings, sharding=sharding)
     except PensieveError as exc:
         logger.error("cannot start: {}", exc.message)
         raise click.ClickException(exc.message) from None
     # Process-wide MLX allocator and cache limits; only the serving process sets them.
     apply_memory_limits(pool.budget_bytes)
-    if group is not None:
+    if sharding is not None:
+        group = sharding.group
         logger.info("rank {} of {} ({} backend, {} parallel) on {}",
                     group.rank, group.size, group.backend, group.parallel, group.ranks[group.rank].host)  # fmt: skip
         if not group.leads:

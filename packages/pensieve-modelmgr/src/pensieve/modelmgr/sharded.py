@@ -28,7 +28,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from pensieve.engine import KVCost, quantized_factor
-from pensieve.engine.group import Group
+from pensieve.engine.group import Group, join
 from pensieve.modelmgr.catalog import plan_for
 from pensieve.modelmgr.estimate import MemoryPlan
 from pensieve.modelmgr.facts import ModelFacts, context_length_of, layer_kinds
@@ -36,6 +36,7 @@ from pensieve.modelmgr.loader import LoadedModel, check_source
 from pensieve.modelmgr.sources import ModelSource
 from pensieve.utils import ModelLoadError, PensieveError, Settings
 from pensieve.utils.logging import logger
+from pensieve.utils.settings import DistributedSettings
 
 _KIND_NAMES = {"full": "full_attention", "sliding": "sliding_attention", "state": "linear_attention"}
 """A layer kind written back as a `layer_types` entry that `facts.layer_kinds` reads as the same kind."""
@@ -106,6 +107,13 @@ class Sharding:
     def __init__(self, group: Group) -> None:
         self.group = group
         self._costs: list[KVCost] = []
+
+    @classmethod
+    def join(cls, settings: DistributedSettings) -> Sharding | None:
+        """This process's share of a group `mlx.launch` started; None when it was started alone."""
+        group = join(settings.backend, parallel=settings.parallel, timeout_s=settings.timeout_s,
+                     load_timeout_s=settings.load_timeout_s)  # fmt: skip
+        return cls(group) if group is not None else None
 
     @property
     def parallel(self) -> str:
