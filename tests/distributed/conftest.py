@@ -20,6 +20,12 @@ def varied_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def layered_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-layer Qwen2, which mlx-lm can also split by layers (pipeline: 2 layers on rank 0, 1 on rank 1)."""
+    return make_random_model(tmp_path_factory.mktemp("models") / "layered-qwen2", "tiny-qwen2", seed=0, scale=4)
+
+
+@pytest.fixture(scope="session")
 def alone(varied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """The same model served by one process: the reference for every answer of the group."""
     with ServerThread(make_settings(varied_model_dir, tmp_path_factory.mktemp("alone-home"))) as server:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pensieve.engine.group import EXIT_BROKEN
 from tests.distributed.ranks import Ranks, alive, cpu_seconds
-from tests.reliability.conftest import ANTHROPIC, OPENAI, Stream, chat
-from tests.support import health
+from tests.reliability.conftest import ANTHROPIC, OPENAI, Stream, chat, post_json
+from tests.support import ServerThread, health, make_settings
 
 
 def _failed_clearly(stream: Stream) -> str:
@@ -26,10 +26,16 @@ def _failed_clearly(stream: Stream) -> str:
     return str(errors[-1]["message"])
 
 
-def test_killing_rank_1_mid_stream_fails_the_requests_and_stops_the_group(varied_model_dir: Path, tmp_path: Path) -> None:
-    ranks = Ranks(tmp_path / "home", varied_model_dir, launcher=False).start()
+def test_killing_rank_1_mid_stream_fails_the_requests_and_stops_the_group(layered_model_dir: Path, tmp_path: Path) -> None:
+    """On a pipeline-parallel group, which first answers as one process does."""
+    with ServerThread(make_settings(layered_model_dir, tmp_path / "alone")) as alone:
+        expected = post_json(alone, ANTHROPIC, chat("Tell me a story", max_tokens=40, temperature=0))[1]["content"]
+    env = {"PENSIEVE_DISTRIBUTED_PARALLEL": "pipeline"}
+    ranks = Ranks(tmp_path / "home", layered_model_dir, launcher=False, env=env).start()
     leader, follower = ranks.procs
     try:
+        assert health(ranks.base_url)["distributed"]["parallel"] == "pipeline"
+        assert post_json(ranks, ANTHROPIC, chat("Tell me a story", max_tokens=40, temperature=0))[1]["content"] == expected
         # Idle first: MLX's ring backend polls while a collective waits, so an idle follower
         # sleeps through rank 0's heartbeat instead of waiting in one (a core's worth of CPU).
         before = cpu_seconds(follower.pid)

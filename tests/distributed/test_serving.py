@@ -28,23 +28,20 @@ from tests.reliability.conftest import (
 )
 from tests.support import ServerThread, health
 
-PROMPTS = [
-    "Hello there, how are you today?",
-    "Write a poem about the sea and the sky.",
-    "What is the capital of France? Answer in one word.",
-]
+PROMPTS = ["Hello there, how are you today?", "Write a poem about the sea and the sky."]
 
 
 @pytest.fixture(scope="module")
 def group(varied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ranks]:
-    ranks = Ranks(tmp_path_factory.mktemp("group-home"), varied_model_dir).start()
+    quick = {"PENSIEVE_PERFORMANCE_WARMUP": "false"}  # the fault tests' groups warm up (through the lockstep too)
+    ranks = Ranks(tmp_path_factory.mktemp("group-home"), varied_model_dir, env=quick).start()
     pids = ranks.rank_pids()
     yield ranks
     assert ranks.stop() == [0], ranks.log_text()[-3000:]  # the launcher: every rank exited 0
     assert not any(alive(pid) for pid in pids)
 
 
-def greedy(base_url: str, prompt: str, max_tokens: int = 48) -> tuple[str, int]:
+def greedy(base_url: str, prompt: str, max_tokens: int = 32) -> tuple[str, int]:
     message = client(base_url).messages.create(
         model="m", max_tokens=max_tokens, extra_body={"temperature": 0}, messages=[{"role": "user", "content": prompt}]
     )
@@ -55,7 +52,7 @@ def test_greedy_answers_are_the_single_process_ones_token_for_token(group: Ranks
     for prompt in PROMPTS:
         ours, n = greedy(group.base_url, prompt)
         assert (ours, n) == greedy(alone.base_url, prompt)
-        assert n == 48 and len(set(ours.split())) > 10  # a varied answer, not one repeated token
+        assert n == 32 and len(set(ours.split())) > 8  # a varied answer, not one repeated token
 
 
 def test_five_concurrent_streams_all_finish(group: Ranks) -> None:
@@ -63,7 +60,7 @@ def test_five_concurrent_streams_all_finish(group: Ranks) -> None:
 
     def stream(i: int) -> None:
         with client(group.base_url).messages.stream(
-            model="m", max_tokens=40, extra_body={"temperature": 0}, messages=[{"role": "user", "content": f"story number {i}"}]
+            model="m", max_tokens=24, extra_body={"temperature": 0}, messages=[{"role": "user", "content": f"story number {i}"}]
         ) as events:
             text = "".join(events.text_stream)
             results[i] = (text, events.get_final_message())
@@ -75,7 +72,7 @@ def test_five_concurrent_streams_all_finish(group: Ranks) -> None:
         thread.join(timeout=120)
     assert sorted(results) == list(range(5))
     for text, final in results.values():
-        assert text and final.usage.output_tokens == 40 and final.stop_reason == "max_tokens"
+        assert text and final.usage.output_tokens == 24 and final.stop_reason == "max_tokens"
     wait_until(lambda: not _model(health(group.base_url))["load"]["active"], timeout=30, what="the batch to empty")
 
 
@@ -89,10 +86,10 @@ def test_a_cancelled_stream_leaves_the_ranks_in_step(group: Ranks, alone: Server
 
 
 def test_sampled_answers_with_a_seed_repeat_and_without_one_still_serve(group: Ranks) -> None:
-    body = chat("tell me something", max_tokens=24, temperature=0.9, top_p=0.95)
+    body = chat("tell me something", max_tokens=12, temperature=0.9, top_p=0.95)
     status, first = post_json(group, ANTHROPIC, body)  # rank 0 draws the seed every rank samples with
     assert status == 200 and first["usage"]["output_tokens"] > 0
-    seeded = {**chat("tell me something", max_tokens=24, temperature=0.9), "seed": 7}
+    seeded = {**chat("tell me something", max_tokens=12, temperature=0.9), "seed": 7}
     answers = [post_json(group, OPENAI, seeded)[1]["choices"][0]["message"]["content"] for _ in range(2)]
     assert answers[0] == answers[1]
 

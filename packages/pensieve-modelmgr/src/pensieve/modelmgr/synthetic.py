@@ -33,6 +33,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": True,
         "max_position_embeddings": 32768,
     },
+    # A small Qwen2: mlx-lm splits this architecture by layers (pipeline) as well as by heads.
+    "tiny-qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 64,
+        "num_hidden_layers": 3,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 32768,
+    },
     # Qwen2.5-7B's shape (grouped-query attention: 4 KV heads of 128); the embedded vocabulary.
     "qwen2.5-7b": {
         "model_type": "qwen2",
