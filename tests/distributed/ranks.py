@@ -43,7 +43,17 @@ def cpu_seconds(pid: int) -> float:
 class Ranks:
     """`size` ranks serving `model`; rank 0's HTTP port is `port`."""
 
-    def __init__(self, home: Path, model: Path, *, size: int = 2, launcher: bool = True, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        model: Path,
+        *,
+        size: int = 2,
+        launcher: bool = True,
+        env: dict[str, str] | None = None,
+        rank_env: dict[int, dict[str, str]] | None = None,
+    ) -> None:
+        """`rank_env`: more environment for one rank (started without the launcher only)."""
         self.home = home
         self.size = size
         self.launcher = launcher
@@ -53,6 +63,7 @@ class Ranks:
         self.env = {**os.environ, "PENSIEVE_HOME": str(home), **(env or {})}
         for name in ("MLX_RANK", "MLX_HOSTFILE"):
             self.env.pop(name, None)
+        self.rank_env = rank_env or {}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
@@ -65,6 +76,9 @@ class Ranks:
         deadline = time.monotonic() + timeout
         while health(self.base_url).get("status") != "ok":
             if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                for proc in self.procs:  # a group that fails to start stops as a whole, by itself
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=30)
                 self.stop()
                 raise RuntimeError(f"the group did not become healthy:\n{self.log_text()}")
             time.sleep(0.3)
@@ -85,7 +99,7 @@ class Ranks:
         for rank in range(self.size):
             log = self.home / f"rank{rank}.log"
             self.logs.append(log)
-            env = {**self.env, "MLX_HOSTFILE": str(hostfile), "MLX_RANK": str(rank)}
+            env = {**self.env, **self.rank_env.get(rank, {}), "MLX_HOSTFILE": str(hostfile), "MLX_RANK": str(rank)}
             with open(log, "wb") as out:
                 self.procs.append(subprocess.Popen([PENSIEVE, *self.args], stdout=out, stderr=subprocess.STDOUT, env=env))
 

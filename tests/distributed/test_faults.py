@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from pensieve.engine.group import EXIT_BROKEN
 from tests.distributed.ranks import Ranks, alive, cpu_seconds
 from tests.reliability.conftest import ANTHROPIC, OPENAI, Stream, chat, post_json
@@ -86,3 +88,12 @@ def test_a_stalled_rank_breaks_the_group_within_its_deadline(varied_model_dir: P
         follower.send_signal(signal.SIGCONT)
         ranks.stop()
 
+
+def test_ranks_configured_differently_refuse_to_start_and_say_which_setting(varied_model_dir: Path, tmp_path: Path) -> None:
+    """Every rank runs the scheduler on its own settings: a batch size of 5 on one and 2 on the
+    other would run different forward passes, so the group refuses before serving anything."""
+    other = {1: {"PENSIEVE_PERFORMANCE_MAX_CONCURRENT_REQUESTS": "2"}}
+    ranks = Ranks(tmp_path / "home", varied_model_dir, launcher=False, rank_env=other)
+    with pytest.raises(RuntimeError, match=r"performance.max_concurrent_requests differs between rank 0 and rank 1"):
+        ranks.start()
+    assert ranks.stop() == [1, 1]

@@ -15,7 +15,7 @@ import os
 import signal
 
 from pensieve.modelmgr import ModelPool
-from pensieve.utils import Settings
+from pensieve.utils import PensieveError, Settings
 from pensieve.utils.logging import logger
 
 STOP_MARGIN_S = 10.0
@@ -47,6 +47,9 @@ async def _follow(pool: ModelPool, patience_s: float) -> int:
         engine = await pool.engine(None)
         logger.info("rank {}: serving its share of {} in step with rank 0", rank, engine.name)
         await asyncio.to_thread(engine.wait_closed)
+    except PensieveError as exc:
+        logger.error("rank {}: could not load its share: {}", rank, exc.message)
+        return 1
     finally:
         await pool.close()
     logger.info("rank {}: rank 0 stopped the group", rank)

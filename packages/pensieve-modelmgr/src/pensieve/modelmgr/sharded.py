@@ -38,6 +38,13 @@ from pensieve.utils import ModelLoadError, PensieveError, Settings
 from pensieve.utils.logging import logger
 from pensieve.utils.settings import DistributedSettings
 
+SAME_EVERYWHERE = (
+    "performance.max_concurrent_requests",
+    "performance.prefill_step_size",
+    "performance.prefix_cache_mb",
+    "performance.prefix_cache_entries",
+)
+"""Settings the scheduler decides by: every rank runs it on its own settings, so they must agree."""
 _KIND_NAMES = {"full": "full_attention", "sliding": "sliding_attention", "state": "linear_attention"}
 """A layer kind written back as a `layer_types` entry that `facts.layer_kinds` reads as the same kind."""
 
@@ -144,8 +151,23 @@ class Sharding:
             except PensieveError as exc:
                 problem = exc
             self._agree(problem, source, [])
+        self._check_alike(source, settings, plan)
         self._costs = [share.kv_cost.scaled(quantized_factor(plan.kv_bits, share.activation_bytes)) for share in shares]
         return facts, plan
+
+    def _check_alike(self, source: ModelSource, settings: Settings, plan: MemoryPlan) -> None:
+        """ModelLoadError on every rank if a setting the scheduler decides by differs between ranks
+        (the prefill passes' sizes among them: a pass is a collective, its shape must match)."""
+        values = {key: settings.get(key) for key in SAME_EVERYWHERE}
+        values["the cap on a prefill pass's attention scores (the backend)"] = plan.attention_scores_bytes
+        gathered = self._agree(None, source, [-1 if v is None else round(float(v) * 1000) for v in values.values()])
+        for column, key in zip(gathered.T, values, strict=True):
+            if (column != column[0]).any():
+                other = int(np.flatnonzero(column != column[0])[0])
+                raise ModelLoadError(
+                    f"{key} differs between rank 0 and rank {other} ({self.group.ranks[other].host}); the ranks "
+                    "schedule in step only with the same value: set it alike on every machine"
+                )
 
     def _agree(self, problem: PensieveError | None, source: ModelSource, values: list[int]) -> np.ndarray:
         """Every rank's `values`, or ModelLoadError on every rank if any rank had a problem."""
