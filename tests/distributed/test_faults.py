@@ -19,6 +19,8 @@ from tests.distributed.ranks import Ranks, alive, cpu_seconds
 from tests.reliability.conftest import ANTHROPIC, OPENAI, Stream, chat, post_json
 from tests.support import ServerThread, health, make_settings
 
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the rank helpers read /proc (Linux)")
+
 
 def _failed_clearly(stream: Stream) -> str:
     """The error message a stream ended with, asserting it ended with an api_error."""

@@ -28,6 +28,8 @@ from tests.reliability.conftest import (
 )
 from tests.support import ServerThread, health
 
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the rank helpers read /proc (Linux)")
+
 PROMPTS = ["Hello there, how are you today?", "Write a poem about the sea and the sky."]
 
 
@@ -96,6 +98,17 @@ def test_sampled_answers_with_a_seed_repeat_and_without_one_still_serve(group: R
     seeded = {**chat("tell me something", max_tokens=12, temperature=0.9), "seed": 7}
     answers = [post_json(group, OPENAI, seeded)[1]["choices"][0]["message"]["content"] for _ in range(2)]
     assert answers[0] == answers[1]
+
+
+def test_structured_output_is_constrained_alike_on_every_rank(group: Ranks, alone: ServerThread) -> None:
+    """The grammar travels with the admission; a rank that sampled without it would feed the
+    model other tokens than rank 0, and the answer would not be the single process's."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}  # fmt: skip
+    body = {**chat("A person, please", max_tokens=24, temperature=0),
+            "response_format": {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": schema}}}  # fmt: skip
+    ours = post_json(group, OPENAI, body)[1]["choices"][0]["message"]["content"]
+    assert ours.startswith('{"name"') and ours == post_json(alone, OPENAI, body)[1]["choices"][0]["message"]["content"]
 
 
 def test_the_prefix_cache_serves_a_conversations_next_turn(group: Ranks) -> None:
