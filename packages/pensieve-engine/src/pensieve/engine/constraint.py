@@ -42,7 +42,7 @@ def apply_bitmask(logits: mx.array, words: np.ndarray) -> mx.array:
 class SequenceConstraint:
     """One sequence's position in its grammar; touched by the compute thread only."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, free: np.ndarray, eos: int, grammar: str = "") -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, free: np.ndarray, eos: int, grammar: str) -> None:
         self._matcher = matcher
         self.grammar = grammar
         """The Lark text it follows (the other ranks of a group compile it too: lockstep.py)."""

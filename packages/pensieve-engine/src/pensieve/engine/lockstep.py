@@ -28,6 +28,7 @@ rank also writes its own slot of the header (the turn it is at, its memory), whi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import struct
 import threading
@@ -191,7 +192,8 @@ class Lockstep:
     def failure(self) -> str | None:
         return self.group.failure
 
-    def step_guard(self) -> Any:
+    def step_guard(self) -> contextlib.AbstractContextManager[None]:
+        """A generation step holds the model's own collectives: it too must end in time."""
         return self.group.guard("a generation step")
 
     def track(self, job: Job) -> None:
