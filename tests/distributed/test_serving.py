@@ -37,14 +37,17 @@ PROMPTS = ["Hello there, how are you today?", "Write a poem about the sea and th
 def group(varied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ranks]:
     quick = {"PENSIEVE_PERFORMANCE_WARMUP": "false"}  # the fault tests' groups warm up (through the lockstep too)
     ranks = Ranks(tmp_path_factory.mktemp("group-home"), varied_model_dir, env=quick).start()
-    pids = ranks.rank_pids()
-    yield ranks
-    # `pensieve stop` on rank 0's machine (SIGTERM: drain) stops the whole group, every rank with 0.
-    stop = subprocess.run([sys.executable, "-m", "pensieve.cli", "stop"], env=_cli_env(ranks), capture_output=True, text=True, timeout=120)
-    assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert ranks.procs[0].wait(timeout=60) == 0, ranks.log_text()[-3000:]  # the launcher: every rank exited 0
-    assert not any(alive(pid) for pid in pids)
-    assert "rank 0 stopped the group" in ranks.log_text()
+    try:
+        pids = ranks.rank_pids()
+        yield ranks
+        # `pensieve stop` on rank 0's machine (SIGTERM: drain) stops the whole group, every rank with 0.
+        stop = subprocess.run([sys.executable, "-m", "pensieve.cli", "stop"], env=_cli_env(ranks), capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert ranks.procs[0].wait(timeout=60) == 0, ranks.log_text()[-3000:]  # the launcher: every rank exited 0
+        assert not any(alive(pid) for pid in pids)
+        assert "rank 0 stopped the group" in ranks.log_text()
+    finally:
+        ranks.stop()  # whatever failed above, nothing is left running
 
 
 def greedy(base_url: str, prompt: str, max_tokens: int = 32) -> tuple[str, int]:
