@@ -59,3 +59,16 @@ def test_disk_cache_bench_replays_claude_codes_request_cold_from_memory_and_from
     assert prompt > 15_000 and int(rows["cold (fresh server)"][-1]) == 0
     assert int(rows["new session, from memory"][-1]) > 0.85 * prompt
     assert int(rows["new session after a restart (disk)"][-1]) > 0.85 * prompt
+
+
+def test_distributed_bench_runs_pensieve_alone_in_a_group_and_mlx_lm_server_in_a_group() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "distributed_bench.py"), "--quick"], capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| measure"))
+    assert header.split("|")[2:5] == [" pensieve, 1 rank ", " pensieve, 2 ranks ", " mlx_lm.server, 2 ranks "]
+    for row in ("decode, one stream", "five streams, aggregate", "time to first token, 200-token prompt"):
+        line = next(line for line in result.stdout.splitlines() if row in line)
+        assert all(float(cell) > 0 for cell in line.split("|")[2:5]), line
+    assert "pensieve, 2 ranks: layout tensor parallel, 1 of 2 shares" in result.stdout

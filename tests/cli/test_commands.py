@@ -19,7 +19,7 @@ def test_config_init_writes_the_template_once(pensieve_home: Pensieve) -> None:
     first = pensieve_home.run("config", "init")
     assert first.returncode == 0 and str(pensieve_home.config_file) in first.stdout
     doc = tomlkit.parse(pensieve_home.config_file.read_text())
-    assert list(doc) == ["model", "server", "performance", "logging"]
+    assert list(doc) == ["model", "server", "performance", "distributed", "logging"]
     again = pensieve_home.run("config", "init")
     assert again.returncode != 0 and "already exists" in again.stderr
     assert pensieve_home.run("config", "init", "--force").returncode == 0

@@ -24,7 +24,8 @@ def three(store: Path, tiny_mlx: Path) -> int:
     """Store entries a, b, c (the same tiny model); returns one model's estimated bytes."""
     for name in ("a", "b", "c"):
         add_model(store, name, tiny_mlx)
-    settings = make_settings("a", store.parent, performance__prefix_cache_mb=64)
+    # A small budget, as in the tests below: the attention-scores share of a plan grows with it.
+    settings = make_settings("a", store.parent, performance__prefix_cache_mb=64, model__memory_budget_gb=1)
     return plan_for(model_facts(source_from_path(store / "a")), settings).reserved
 
 

@@ -98,6 +98,7 @@ def _print_status(live: PidInfo, health: dict[str, Any]) -> None:
         if entry.get("error"):
             detail += f": {entry['error']}"
         rows.append(("model", f"{entry.get('name')} ({detail})"))
+    rows += _group_rows(health.get("distributed"))
     memory = health.get("memory", {})
     rows.append(("memory", f"active {human_bytes(memory.get('active_bytes'))}, peak {human_bytes(memory.get('peak_bytes'))}, cache {human_bytes(memory.get('cache_bytes'))}"))
     disk = health.get("prefix_cache_disk")
@@ -114,6 +115,24 @@ def _print_status(live: PidInfo, health: dict[str, Any]) -> None:
         rows.append(("logs", live.log_file))
     for label, value in rows:
         click.echo(f"  {label + ':':<10}{value}")
+
+
+def _group_rows(group: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The group serving the model, one row per rank (where it runs, its memory); none when alone."""
+    if not group:
+        return []
+    state = "serving" if group.get("healthy", True) else f"BROKEN ({group.get('error')}), exiting"
+    rows: list[tuple[str, Any]] = [
+        ("group", f"{group.get('world_size')} ranks over {group.get('backend')}, {group.get('parallel')} parallel, {state}")
+    ]
+    for rank in group.get("ranks", []):
+        rows.append((
+            f"rank {rank.get('rank')}",
+            f"{rank.get('host')}: active {human_bytes(rank.get('active_bytes'))}, weights "
+            f"{human_bytes(rank.get('weight_bytes'))}, KV pool {human_bytes(rank.get('kv_pool_bytes'))} "
+            f"of a {human_bytes(rank.get('budget_bytes'))} budget",
+        ))  # fmt: skip
+    return rows
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -3,6 +3,9 @@
 The heavy imports (MLX through the model manager, aiohttp through the server) happen only in
 the process that serves: `start --background` validates the settings, re-executes itself and
 watches, without ever loading MLX.
+
+Under `mlx.launch` every rank runs `pensieve start`: rank 0 serves HTTP (and owns the PID
+file), the others serve only their share of the model (`follower.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pensieve.cli.common import log_file_for, settings_or_exit
 from pensieve.cli.daemon import launch_background
 from pensieve.utils import PensieveError, Settings, load_settings
 from pensieve.utils.blas import reexec_with_openblas
+from pensieve.utils.launcher import launched_rank
 from pensieve.utils.logging import logger, setup_logging
 from pensieve.utils.pidfile import pid_file_path, remove_pid_file, running_server
 
@@ -70,14 +74,18 @@ def start(
         "logging.file": log_file,
     }
     settings = settings_or_exit(config_file, overrides)
-    live, stale = running_server()
-    if live is not None:
-        raise click.ClickException(
-            f"Pensieve is already running (PID {live.pid}) at {live.url}; "
-            "stop it with `pensieve stop` or use `pensieve restart`"
-        )
-    if stale is not None and remove_pid_file(pid_file_path(), stale.pid):
-        click.echo(f"Removed a stale PID file: PID {stale.pid} is no longer running.", err=True)
+    rank = launched_rank(os.environ)
+    if rank is not None and background:
+        raise click.ClickException("under mlx.launch every rank runs in the foreground (the launcher waits for them); drop --background")
+    if not rank:  # rank 0, or alone: the one that owns the PID file
+        live, stale = running_server()
+        if live is not None:
+            raise click.ClickException(
+                f"Pensieve is already running (PID {live.pid}) at {live.url}; "
+                "stop it with `pensieve stop` or use `pensieve restart`"
+            )
+        if stale is not None and remove_pid_file(pid_file_path(), stale.pid):
+            click.echo(f"Removed a stale PID file: PID {stale.pid} is no longer running.", err=True)
     args = _forwarded_args(ctx)
     if background:
         sys.exit(launch_background(settings, args, log_file_for(settings), wait_timeout))
@@ -85,7 +93,7 @@ def start(
     def reload() -> Settings:
         return load_settings(config_file, overrides=overrides)
 
-    _exit_after_serving(_serve(settings, reload, args, daemon=daemon_child))
+    _exit_after_serving(_serve(settings, reload, args, daemon=daemon_child, rank=rank))
 
 
 def _exit_after_serving(code: int) -> NoReturn:
@@ -116,9 +124,14 @@ def _forwarded_args(ctx: click.Context) -> list[str]:
     return args
 
 
-def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool) -> int:
-    """Serve in this process; every startup failure is logged, so `--background` can report it."""
+def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool, rank: int | None = None) -> int:
+    """Serve in this process; every startup failure is logged, so `--background` can report it.
+
+    `rank`: this process's rank in a group `mlx.launch` started (None: it serves alone).
+    """
     log_file = log_file_for(settings) if (daemon or settings.logging.file) else None
+    if rank and log_file is not None:  # a follower on the same machine writes beside rank 0's file
+        log_file = log_file.with_name(f"{log_file.stem}.rank{rank}{log_file.suffix}")
     log = settings.logging
     setup_logging(
         log.level,
@@ -133,16 +146,28 @@ def _serve(settings: Settings, reload: Any, args: list[str], *, daemon: bool) ->
     reexec_with_openblas(settings.performance.weights_layout)
     from pensieve.metal import apply_memory_limits, configure_cuda_attention
     from pensieve.modelmgr import ModelPool  # MLX: only in the serving process
+    from pensieve.modelmgr.sharded import Sharding
     from pensieve.server import create_app, serve
 
     configure_cuda_attention(settings.performance.cudnn_attention)
     try:
-        pool = ModelPool(settings)
+        sharding = Sharding.join(settings.distributed)
+        pool = ModelPool(settings, sharding=sharding)
     except PensieveError as exc:
         logger.error("cannot start: {}", exc.message)
         raise click.ClickException(exc.message) from None
     # Process-wide MLX allocator and cache limits; only the serving process sets them.
     apply_memory_limits(pool.budget_bytes)
+    if sharding is not None:
+        group = sharding.group
+        logger.info("rank {} of {} ({} backend, {} parallel) on {}",
+                    group.rank, group.size, group.backend, group.parallel, group.ranks[group.rank].host)  # fmt: skip
+        if not group.leads:
+            from pensieve.cli.follower import follow
+
+            return follow(pool, settings)
+        # A broken group exits at once (os._exit): the PID file must not outlive it.
+        group.on_failure(lambda _: remove_pid_file(pid_file_path(), os.getpid()))
     app = create_app(settings, pool)
     host, port = settings.server.host, settings.server.port
     try:

@@ -42,8 +42,10 @@ def apply_bitmask(logits: mx.array, words: np.ndarray) -> mx.array:
 class SequenceConstraint:
     """One sequence's position in its grammar; touched by the compute thread only."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, free: np.ndarray, eos: int) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, free: np.ndarray, eos: int, grammar: str) -> None:
         self._matcher = matcher
+        self.grammar = grammar
+        """The Lark text it follows (the other ranks of a group compile it too: lockstep.py)."""
         self._free = free
         """The mask of free text (every token but the special ones): no need to apply it."""
         self._words = np.empty((1, free.size), dtype=np.int32)
@@ -150,4 +152,4 @@ class Grammars:
             else:
                 self._compiled.move_to_end(lark)
             matcher = base.deep_copy()
-        return SequenceConstraint(matcher, self._free, min(self._tokenizer.eos_token_ids))  # type: ignore[arg-type]
+        return SequenceConstraint(matcher, self._free, min(self._tokenizer.eos_token_ids), lark)  # type: ignore[arg-type]

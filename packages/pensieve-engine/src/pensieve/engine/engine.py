@@ -20,7 +20,9 @@ from pensieve.engine.channel import Admitted, FinishReason, Message, SequenceEnd
 from pensieve.engine.constraint import Grammars, SequenceConstraint
 from pensieve.engine.disk_cache import DiskPrefixStore, DiskTier
 from pensieve.engine.grammar import CallMarkers, plan
+from pensieve.engine.group import Group
 from pensieve.engine.kv_budget import KVBudget, KVCost
+from pensieve.engine.lockstep import Lockstep
 from pensieve.engine.output import Markers, OutputParser
 from pensieve.engine.prefix_policy import lasting_prefix
 from pensieve.engine.prompt import RenderedPrompt, render_prompt, writes_json_calls
@@ -43,7 +45,7 @@ from pensieve.models import (
     StopReason,
     Usage,
 )
-from pensieve.utils import PromptTooLongError, RateLimitError
+from pensieve.utils import ApiError, PromptTooLongError, RateLimitError
 from pensieve.utils.logging import logger
 
 
@@ -93,7 +95,9 @@ class Engine:
         config: EngineConfig = EngineConfig(),
         batch_model: Any = None,
         draft: DraftModel | None = None,
+        group: Group | None = None,
     ) -> None:
+        """`group`: the model is sharded over the ranks of a group, which run in lockstep."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -117,6 +121,7 @@ class Engine:
         budget = None
         if config.kv_cost is not None and config.kv_capacity_bytes is not None:
             budget = KVBudget(config.kv_cost, config.kv_capacity_bytes)
+        self._lockstep = Lockstep(group, self.grammars.constraint) if group is not None else None
         self._scheduler = Scheduler(
             model,
             set(tokenizer.eos_token_ids),
@@ -133,6 +138,7 @@ class Engine:
             name=name,
             batch_model=batch_model,
             prefix_lower=self.disk,
+            lockstep=self._lockstep,
         )
 
     def _prefill_chunk(self, cached: int) -> int:
@@ -214,6 +220,11 @@ class Engine:
         return EngineLoad(active=self._scheduler.active, queued=self._scheduler.pending, inflight=self._inflight)
 
     def _admit(self) -> None:
+        if self._lockstep is not None and self._lockstep.failure is not None:
+            raise ApiError(
+                f"the group of machines serving {self.name} is broken ({self._lockstep.failure}) and is "
+                "restarting; retry in a minute"
+            )
         capacity = self.config.max_concurrent_requests + self.config.max_queued_requests
         if self._inflight >= capacity:
             raise RateLimitError(
@@ -268,7 +279,7 @@ class Engine:
             queues = [asyncio.Queue[Message]() for _ in lengths]
             lone = len(lengths) == 1 and lengths[0] > 8
             for n, queue in zip(lengths, queues, strict=True):
-                self._scheduler.submit(Job(
+                self.submit(Job(
                     prompt=[token] * n, max_tokens=16 if lone else 4, loop=loop, sink=queue.put_nowait,
                     speculation=self.speculation_for(None) if lone else None,
                 ))  # fmt: skip
@@ -281,7 +292,12 @@ class Engine:
         return time.perf_counter() - start
 
     def speculation_for(self, sampler: Sampler | None) -> Speculation | None:
-        """A new sequence's speculative decoding (see `speculate.py`), or None where it is off."""
+        """A new sequence's speculative decoding (see `speculate.py`), or None where it is off.
+
+        Off on a group of machines: its controller decides by timing, which differs per rank, and
+        the ranks must take the same steps."""
+        if self._lockstep is not None:
+            return None
         return speculation_for(
             self.config.speculation,
             sampler,
@@ -292,7 +308,14 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Queue a sequence on the compute thread."""
+        if self._lockstep is not None:
+            self._lockstep.track(job)
         self._scheduler.submit(job)
+
+    def wait_closed(self) -> None:
+        """Block until rank 0 shuts the group down (a follower rank serves until then)."""
+        if self._lockstep is not None:
+            self._lockstep.closed.wait()
 
     def cancel(self, job: Job) -> None:
         """Drop a sequence before its next step (its request stopped reading)."""
@@ -353,6 +376,7 @@ class Generation:
             loop=asyncio.get_running_loop(),
             sink=queue.put_nowait,
             sampler=sampler,
+            sampling=request.sampling,
             persist=self.lasting,
             constraint=self.constraint,
             speculation=None if self.constraint is not None else engine.speculation_for(sampler),

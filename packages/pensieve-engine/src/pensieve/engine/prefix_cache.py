@@ -69,6 +69,10 @@ class _Entry:
     trimmable: bool
 
 
+def _cache_bytes(tokens: list[int], cache: list[Any]) -> int:
+    return sum(c.nbytes for c in cache)
+
+
 def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
     """How many leading tokens `a` and `b` have in common."""
     n = min(len(a), len(b))
@@ -84,9 +88,18 @@ class PrefixCache:
     """
 
     def __init__(
-        self, max_bytes: int, *, max_entries: int = 16, min_reuse: int = MIN_REUSE_TOKENS, lower: LowerTier | None = None
+        self,
+        max_bytes: int,
+        *,
+        max_entries: int = 16,
+        min_reuse: int = MIN_REUSE_TOKENS,
+        lower: LowerTier | None = None,
+        measure: Callable[[list[int], list[Any]], int] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
+        self._measure = measure or _cache_bytes
+        """The bytes an entry counts for: its arrays', or (in a group, where every rank must
+        evict the same entries) the plan's arithmetic for its length."""
         self.max_entries = max_entries
         self.min_reuse = min_reuse
         self.lower = lower
@@ -142,7 +155,7 @@ class PrefixCache:
         and hand its first `persist` tokens to the lower tier."""
         if self.lower is not None and 0 < persist <= len(tokens):
             self._ask_lower(lambda: self.lower.store(tokens[:persist], cache), None)  # type: ignore[union-attr]
-        nbytes = sum(c.nbytes for c in cache)
+        nbytes = self._measure(tokens, cache)
         if not tokens or nbytes > self.max_bytes:
             return
         entry = _Entry(np.asarray(tokens, dtype=np.int64), cache, nbytes, can_trim_prompt_cache(cache))

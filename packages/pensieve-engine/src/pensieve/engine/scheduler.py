@@ -21,11 +21,16 @@ is room, its stream only paused.
 A step that fails with several sequences in it may have failed for being a batch (memory for
 all of them at once), so each resumes alone, from the tokens it has so far, while newcomers
 wait; only a sequence that fails on its own gets the error.
+
+In a group of machines (`lockstep.py`) every rank runs this same loop: each turn starts with the
+newcomers and cancellations rank 0 decided, a step that raises breaks the group, and the turn's
+collectives and step run under the group's deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -39,11 +44,13 @@ from mlx_lm.models.cache import trim_prompt_cache
 
 from pensieve.engine.channel import Admitted, FinishReason, Output, SequenceEnd, Sink, TokenOut
 from pensieve.engine.kv_budget import KVBudget, Occupancy
+from pensieve.engine.lockstep import Lockstep
 from pensieve.engine.prefix_cache import LowerTier, PrefixCache
 from pensieve.engine.quantized_cache import make_cache
 from pensieve.engine.sampling import seek
 from pensieve.engine.solo import ONE_PASS_TOKENS, SoloSequence
 from pensieve.engine.speculate import Speculation
+from pensieve.models import SamplingParams
 from pensieve.utils.logging import logger
 
 SHORT_PROMPT = ONE_PASS_TOKENS
@@ -59,6 +66,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     sink: Sink
     sampler: Any = None
+    sampling: SamplingParams | None = None
+    """What `sampler` was made from: the other ranks of a group make theirs from it."""
     constraint: Any = None
     """Structured output: the sequence's `SequenceConstraint`, or None (unconstrained)."""
     speculation: Speculation | None = None
@@ -78,6 +87,8 @@ class Job:
     """Resumed alone after a failed batched step; a second failure is its own."""
     preempted: int = 0
     """Times it gave its memory back and waited to resume."""
+    on_gone: Callable[[Job], None] | None = None
+    """Called when its reader's event loop is gone (default: mark it cancelled)."""
 
     @property
     def produced(self) -> int:
@@ -102,7 +113,10 @@ class Job:
         try:
             self.loop.call_soon_threadsafe(self.sink, output)
         except RuntimeError:  # the request's loop is gone: nobody is listening any more
-            self.cancelled = True
+            if self.on_gone is None:
+                self.cancelled = True
+            else:
+                self.on_gone(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +145,7 @@ class Scheduler:
         name: str = "model",
         batch_model: Any = None,
         prefix_lower: LowerTier | None = None,
+        lockstep: Lockstep | None = None,
     ) -> None:
         self._model = model
         self._batch_model = batch_model if batch_model is not None else model
@@ -144,8 +159,17 @@ class Scheduler:
         # Multi-turn chats and agent sessions re-send a long identical prefix, so only the new
         # tokens are prefilled. Touched on the compute thread only.
         cap = config.prefix_cache_bytes
-        self._prefix = PrefixCache(cap, max_entries=config.prefix_cache_entries, lower=prefix_lower) if cap > 0 else None
+        self._lockstep = lockstep
+        measure = None
+        if lockstep is not None and budget is not None:
+            cost = budget.cost
+            measure = lambda tokens, _: cost.bytes(len(tokens))  # noqa: E731 (every rank counts alike)
+        self._prefix = (
+            PrefixCache(cap, max_entries=config.prefix_cache_entries, lower=prefix_lower, measure=measure) if cap > 0 else None
+        )
         self._inbox: list[Job] = []
+        self._cancels: list[Job] = []
+        """In a group: cancellations asked for since the last turn (rank 0 broadcasts them)."""
         self._waiting: deque[Job] = deque()
         """Admitted by the engine, waiting for memory or a slot; preempted sequences go first."""
         self._solo: tuple[Job, SoloSequence] | None = None
@@ -185,13 +209,19 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         with self._wake:
+            if self._lockstep is not None:
+                job.on_gone = self.cancel
             self._inbox.append(job)
             self._wake.notify()
 
     def cancel(self, job: Job) -> None:
-        """Mark cancelled; the compute thread drops it before its next step."""
+        """Mark cancelled; the compute thread drops it before its next step (in a group, every rank
+        at the same turn)."""
         with self._wake:
-            job.cancelled = True
+            if self._lockstep is None:
+                job.cancelled = True
+            else:
+                self._cancels.append(job)
             self._wake.notify()
 
     def close(self) -> None:
@@ -215,23 +245,18 @@ class Scheduler:
         self._ready.set()
         if self._prefix is not None:
             self._prefix.warm()  # before any request: the first one after a restart is a hit
-        while True:
-            with self._wake:
-                while not (self._inbox or self._busy() or self._closing):
-                    self._wait_idle()
-                if self._closing:
-                    break
-                if not self._recovering():  # newcomers would rebuild the batch that failed
-                    self._waiting.extend(j for j in self._inbox if not j.cancelled)
-                    self._inbox = []
+        while self._intake():
             try:
-                self._drop_cancelled(generator)
-                if self._retry and not self._running():
-                    self._resume(self._retry.popleft())
-                self._start_waiting(generator)
-                self._make_room(generator)
-                self._step(generator)
+                with self._lockstep.step_guard() if self._lockstep is not None else contextlib.nullcontext():
+                    self._drop_cancelled(generator)
+                    if self._retry and not self._running():
+                        self._resume(self._retry.popleft())
+                    self._start_waiting(generator)
+                    self._make_room(generator)
+                    self._step(generator)
             except Exception as exc:
+                if self._lockstep is not None:
+                    self._lockstep.broken(exc)
                 self._recover(exc)
                 generator.close()
                 generator = self._new_generator()
@@ -240,6 +265,45 @@ class Scheduler:
         for job in [*self._jobs(), *self._retry, *self._waiting]:
             job.end(FinishReason.CANCELLED)
         self._release_all(generator)
+
+    def _intake(self) -> bool:
+        """Take this turn's newcomers into line; False once the engine closes."""
+        if self._lockstep is not None:
+            return self._intake_decided(self._lockstep)
+        with self._wake:
+            while not (self._inbox or self._busy() or self._closing):
+                self._wait_idle()
+            if self._closing:
+                return False
+            if not self._recovering():  # newcomers would rebuild the batch that failed
+                self._waiting.extend(j for j in self._inbox if not j.cancelled)
+                self._inbox = []
+        return True
+
+    def _intake_decided(self, lockstep: Lockstep) -> bool:
+        """In a group: rank 0 decides the turn's newcomers and cancellations, every rank applies them.
+
+        An idle rank 0 waits for work at most `tick_s`: its empty turn is the group's heartbeat.
+        The others know it is idle (their state is its state) and sleep meanwhile, because MLX's
+        ring backend polls its sockets while a collective waits: a core each, for nothing.
+        """
+        with self._wake:
+            idle = not (self._inbox or self._cancels or self._busy() or self._closing)
+            if idle and lockstep.leads:
+                self._wake.wait(timeout=lockstep.tick_s)
+            arrived, self._inbox = self._inbox, []
+            cancels, self._cancels = self._cancels, []
+            closing = self._closing
+        if idle and not self._idle_cleared:
+            mx.clear_cache()
+            self._idle_cleared = True
+        if idle and not lockstep.leads:
+            time.sleep(lockstep.pause_s)
+        turn = lockstep.turn(arrived, cancels, closing)
+        for job in turn.cancelled:
+            job.cancelled = True
+        self._waiting.extend(turn.admitted)
+        return not turn.shutdown
 
     def _wait_idle(self) -> None:
         """Wait for work; once idle long enough, give the cached memory back to the machine.

@@ -9,6 +9,9 @@ Memory is planned, not discovered: before a load the model's plan (`estimate.py`
 the budget next to what is already loaded; idle models are unloaded, least recently used first,
 to make room, and a model that cannot fit even alone is refused with the reason. With
 `keep_alive_s` set, a model idle that long is unloaded and comes back on its next request.
+
+Started as one rank of a group (`sharded.py`), the pool serves the default model alone: every
+rank loads its share at start, in step with the others, and keeps it until the group stops.
 """
 
 from __future__ import annotations
@@ -43,9 +46,16 @@ from pensieve.modelmgr.estimate import MemoryPlan, gib
 from pensieve.modelmgr.facts import ModelFacts, source_signature
 from pensieve.modelmgr.fingerprint import model_identity
 from pensieve.modelmgr.loader import LoadedModel, check_source, load_source
+from pensieve.modelmgr.sharded import Sharding
 from pensieve.modelmgr.sources import ModelSource, resolve_source
 from pensieve.modelmgr.store import ModelStore
-from pensieve.models import DiskCacheReport, MemoryReport, ModelState, ModelStatus
+from pensieve.models import (
+    DiskCacheReport,
+    DistributedStatus,
+    MemoryReport,
+    ModelState,
+    ModelStatus,
+)
 from pensieve.utils import ModelLoadError, NotFoundError, OverloadedError, PensieveError, Settings
 from pensieve.utils.blas import openblas_loaded
 from pensieve.utils.logging import logger
@@ -85,8 +95,10 @@ class ServedModel:
 class ModelPool:
     """Resolve names, load on demand (or at start) within the memory budget, keep engines."""
 
-    def __init__(self, settings: Settings, *, store: Path | ModelStore | None = None) -> None:
+    def __init__(self, settings: Settings, *, store: Path | ModelStore | None = None, sharding: Sharding | None = None) -> None:
         self.settings = settings
+        self.sharding = sharding
+        """This process is one rank of a group serving the default model (None: it serves alone)."""
         self.store = store if isinstance(store, ModelStore) else ModelStore(store or model_store_dir())
         default = resolve_source(settings.model.default, self.store, allow_paths=True)
         self.default_name = default.name
@@ -167,7 +179,14 @@ class ModelPool:
     # -- loading ----------------------------------------------------------------------------
 
     async def engine(self, requested: str | None) -> Engine:
-        served = self._models[self.resolve_name(requested)]
+        name = self.resolve_name(requested)
+        if self.sharding is not None and name != self.default_name:
+            raise NotFoundError(
+                f"model '{name}' is not served: this server runs '{self.default_name}' across "
+                f"{self.sharding.group.size} processes and serves that model alone; ask for it, or alias this name to it",
+                param="model",
+            )
+        served = self._models[name]
         served.last_used = time.monotonic()
         if served.engine is not None:
             return served.engine
@@ -201,10 +220,14 @@ class ModelPool:
         served.error = served.error_signature = None
         name = served.source.name
         try:
-            facts = await self._off_loop(check_source, served.source)
-            draft = self._draft_for(served)
-            draft_facts = await self._off_loop(check_draft, draft) if draft is not None else None
-            plan = plan_for(facts, self.settings, name=name, draft=draft_facts)
+            draft = None
+            if self.sharding is not None:  # this rank's share, planned with the other ranks
+                facts, plan = await self._off_loop(self.sharding.plan, served.source, self.settings)
+            else:
+                facts = await self._off_loop(check_source, served.source)
+                draft = self._draft_for(served)
+                draft_facts = await self._off_loop(check_draft, draft) if draft is not None else None
+                plan = plan_for(facts, self.settings, name=name, draft=draft_facts)
             async with self._admission:
                 await self._make_room(served, plan.reserved)
                 served.plan = plan
@@ -215,11 +238,15 @@ class ModelPool:
                     name, plan.context_length, facts.context_length,
                 )  # fmt: skip
             self._log_windows(name, facts)
-            loaded = await self._off_loop(load_source, served.source)
-            await self._off_loop(self._choose_layout, loaded)
+            loaded = await self._off_loop(self.sharding.load if self.sharding else load_source, served.source)
+            if self.sharding is None:  # a share stays as stored: its sharded layers must stay what they are
+                await self._off_loop(self._choose_layout, loaded)
             drafting = await self._off_loop(self._load_draft, draft, loaded) if draft is not None else None
             # The layout may have added a twin: the KV pool is what is left beside what loaded.
             plan = served.plan = replace(plan, weights=plan.weights - facts.weight_bytes + loaded.weight_bytes)
+            if self.sharding is not None:
+                plan = served.plan = await self._off_loop(self.sharding.agree, plan)
+                self.budget_bytes = plan.budget  # this rank's weights beside the group's common KV pool
             engine = Engine(
                 loaded.model,
                 loaded.tokenizer,
@@ -228,8 +255,9 @@ class ModelPool:
                 config=replace(self.engine_config(plan), prefix_disk=await self._off_loop(self._disk_tier, loaded)),
                 batch_model=loaded.batch_model,
                 draft=drafting,
+                group=self.sharding.group if self.sharding is not None else None,
             )
-            if self.settings.performance.warmup:
+            if self.settings.performance.warmup and (self.sharding is None or self.sharding.group.leads):
                 served.warmup_seconds = await engine.warmup()
                 logger.info("warmed up {} in {:.2f}s", name, served.warmup_seconds)
         except BaseException as exc:
@@ -249,7 +277,7 @@ class ModelPool:
     def _disk_tier(self, loaded: LoadedModel) -> DiskTier | None:
         """Where the model's prefixes are kept on disk; None when the disk tier is off."""
         perf = self.settings.performance
-        if perf.prefix_cache_disk_gb <= 0:
+        if perf.prefix_cache_disk_gb <= 0 or self.sharding is not None:  # a rank's files hold only its share
             return None
         identity = model_identity(loaded.source.path, loaded.layout)
         return DiskTier(perf.prefix_cache_path, int(perf.prefix_cache_disk_gb * 1024**3), identity)
@@ -326,15 +354,18 @@ class ModelPool:
                         await self._unload(served, f"idle for {keep:g}s")
 
     async def start(self) -> None:
-        if self.settings.model.keep_alive_s > 0 and self._reaper is None:
+        """Preload the default model (a group's ranks always do, together, and never unload it)."""
+        if self.settings.model.keep_alive_s > 0 and self._reaper is None and self.sharding is None:
             self._reaper = asyncio.create_task(self._unload_idle())
-        if self.settings.model.preload:
+        if self.settings.model.preload or self.sharding is not None:
             await self.engine(self.default_name)
 
     # -- reporting --------------------------------------------------------------------------
 
     def status(self) -> list[ModelStatus]:
         """Every servable model: loaded, loading, failed, or available (store, embedded)."""
+        if self.sharding is not None:  # a group serves its one model
+            return [self._describe(self._models[self.default_name])]
         out = [self._describe(served) for served in self._models.values()]
         for name, found in servable(self.store):
             if name in self._models:
@@ -365,13 +396,17 @@ class ModelPool:
             )
         return replace(status, error=served.error) if served.error else status
 
+    def distributed(self) -> DistributedStatus | None:
+        """The group this process serves its model with (rank 0's view); None when it serves alone."""
+        return self.sharding.group.status() if self.sharding is not None else None
+
     def loaded_engines(self) -> list[Engine]:
         return [m.engine for m in self._models.values() if m.engine is not None]
 
     def disk_cache(self) -> DiskCacheReport | None:
         """The prefix cache's disk tier as a whole (every model's files); None when it is off."""
         perf = self.settings.performance
-        if perf.prefix_cache_disk_gb <= 0:
+        if perf.prefix_cache_disk_gb <= 0 or self.sharding is not None:
             return None
         files, nbytes = folder_usage(perf.prefix_cache_path)
         return DiskCacheReport(str(perf.prefix_cache_path), nbytes, files, int(perf.prefix_cache_disk_gb * 1024**3))

@@ -33,6 +33,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": True,
         "max_position_embeddings": 32768,
     },
+    # A small Qwen2: mlx-lm splits this architecture by layers (pipeline) as well as by heads.
+    "tiny-qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 64,
+        "num_hidden_layers": 3,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 32768,
+    },
     # Qwen2.5-7B's shape (grouped-query attention: 4 KV heads of 128); the embedded vocabulary.
     "qwen2.5-7b": {
         "model_type": "qwen2",
@@ -110,8 +123,13 @@ def make_random_model(
     dtype: mx.Dtype = mx.float32,
     hf_format: bool = False,
     tokenizer: Any = None,
+    scale: float = 1.0,
 ) -> Path:
     """Write `out_dir` (config.json, weights, tokenizer) and return it.
+
+    `scale` multiplies every attention and MLP projection. At the default initialization a small
+    model's greedy output is nearly constant (tiny-llama: 2 distinct tokens in 100); at 4 almost
+    every token differs, which is what a token-for-token comparison of two paths needs.
 
     With `hf_format`, the folder looks like an unconverted Hugging Face checkpoint instead:
     `architectures` and `torch_dtype` in the config, PyTorch's safetensors metadata, no
@@ -128,6 +146,8 @@ def make_random_model(
     mx.random.seed(seed)
     model = module.Model(module.ModelArgs.from_dict(config))
     model.set_dtype(dtype)
+    if scale != 1.0:
+        model.load_weights([(k, v * scale if "proj" in k else v) for k, v in tree_flatten(model.parameters())])
     if bits:
         nn.quantize(model, group_size=group_size, bits=bits)
         config["quantization"] = {"group_size": group_size, "bits": bits}

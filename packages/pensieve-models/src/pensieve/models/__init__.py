@@ -20,18 +20,21 @@ from pensieve.models.internal import (
 from pensieve.models.status import (
     CacheTier,
     DiskCacheReport,
+    DistributedStatus,
     EngineLoad,
     KVStatus,
     MemoryReport,
     ModelState,
     ModelStatus,
     PrefixCacheStats,
+    RankStatus,
 )
 
 __all__ = [
     "CacheTier",
     "ChatMessage",
     "DiskCacheReport",
+    "DistributedStatus",
     "EngineLoad",
     "ChatRequest",
     "Finished",
@@ -42,6 +45,7 @@ __all__ = [
     "ModelState",
     "ModelStatus",
     "PrefixCacheStats",
+    "RankStatus",
     "ResponseFormat",
     "SamplingParams",
     "Started",

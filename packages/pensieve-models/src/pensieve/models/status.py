@@ -125,3 +125,43 @@ class MemoryReport:
 
     def as_dict(self) -> dict[str, int]:
         return _known(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RankStatus:
+    """One process of a distributed group: the machine it runs on and its memory."""
+
+    rank: int
+    host: str
+    active_bytes: int | None = None
+    """MLX's live allocations on that rank, as of its last step."""
+    peak_bytes: int | None = None
+    budget_bytes: int | None = None
+    """That machine's memory budget (model.memory_budget_*)."""
+    weight_bytes: int | None = None
+    """Its share of the weights, as loaded."""
+    kv_pool_bytes: int | None = None
+    """What its plan leaves for KV caches (every rank admits by the smallest)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return _known(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DistributedStatus:
+    """A model served by several processes (`mx.distributed`), as rank 0 sees the group."""
+
+    backend: str
+    """`ring`, `jaccl`, `nccl` or `mpi`."""
+    world_size: int
+    parallel: str
+    """`tensor` or `pipeline`."""
+    ranks: tuple[RankStatus, ...]
+    healthy: bool = True
+    error: str | None = None
+    """Why the group broke (it is exiting); None while it serves."""
+
+    def as_dict(self) -> dict[str, Any]:
+        out = _known(self)
+        out["ranks"] = [r.as_dict() for r in self.ranks]
+        return out

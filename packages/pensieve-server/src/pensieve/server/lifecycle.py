@@ -77,6 +77,7 @@ def diagnostic_dump(app: web.Application) -> dict[str, Any]:
         "settings": settings.flat(redact=True),
         "models": [m.as_dict() for m in provider.status()],
         "memory": provider.memory().as_dict(),
+        "distributed": group.as_dict() if (group := provider.distributed()) is not None else None,
         "requests_served": observer.served,
         "draining": observer.draining,
         "active_requests": [a.describe() for a in observer.active.values()],

@@ -6,7 +6,13 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from pensieve.engine import Generation
-from pensieve.models import ChatRequest, DiskCacheReport, MemoryReport, ModelStatus
+from pensieve.models import (
+    ChatRequest,
+    DiskCacheReport,
+    DistributedStatus,
+    MemoryReport,
+    ModelStatus,
+)
 
 
 class EngineLike(Protocol):
@@ -30,6 +36,8 @@ class ModelProvider(Protocol):
     def memory(self) -> MemoryReport: ...
 
     def disk_cache(self) -> DiskCacheReport | None: ...
+
+    def distributed(self) -> DistributedStatus | None: ...
 
     async def start(self) -> None: ...
 

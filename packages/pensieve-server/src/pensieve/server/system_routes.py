@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from pensieve.metal import device_info
-from pensieve.models import ModelStatus
+from pensieve.models import DistributedStatus, ModelStatus
 from pensieve.models import anthropic as wire
 from pensieve.server.errors import is_openai_request
 from pensieve.server.keys import PROVIDER, SETTINGS, STARTED_AT
@@ -38,9 +38,12 @@ async def root(request: web.Request) -> web.Response:
     return web.json_response(body, headers={"Vary": "Accept"})
 
 
-def readiness(models: list[ModelStatus], default: str, preload: bool) -> str:
+def readiness(models: list[ModelStatus], default: str, preload: bool, group: DistributedStatus | None = None) -> str:
     """`ok` once a model serves (or, without preloading, while the default can load on demand);
-    else the default model's `loading` or `error`, or `starting` before its load begins."""
+    else the default model's `loading` or `error`, or `starting` before its load begins; `error`
+    too once the group of processes serving the model has broken (it is about to exit)."""
+    if group is not None and not group.healthy:
+        return "error"
     if any(m.state == "loaded" for m in models):
         return "ok"
     state = next((m.state for m in models if m.name == default), "available")
@@ -54,7 +57,8 @@ async def health(request: web.Request) -> web.Response:
     app = request.app
     provider, observer, settings = app[PROVIDER], app[OBSERVER], app[SETTINGS]
     models = provider.status()
-    status = readiness(models, provider.default_name, settings.model.preload)
+    group = provider.distributed()
+    status = readiness(models, provider.default_name, settings.model.preload or group is not None, group)
     body = {
         "status": status,
         "model": provider.default_name,
@@ -62,6 +66,7 @@ async def health(request: web.Request) -> web.Response:
         "memory": provider.memory().as_dict(),
         "prefix_cache_disk": disk.as_dict() if (disk := provider.disk_cache()) is not None else None,
         "device": device_info().as_dict(),
+        "distributed": group.as_dict() if group is not None else None,
         "uptime_s": round(time.time() - app[STARTED_AT], 3),
         "pid": os.getpid(),
         "requests": {"served": observer.served, "in_flight": len(observer.in_flight(exclude_open=QUIET_PATHS))},

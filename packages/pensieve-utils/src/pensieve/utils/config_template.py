@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pensieve.utils.paths import log_dir, prefix_cache_dir
 from pensieve.utils.settings import Settings
 
-SECTIONS = ("model", "server", "performance", "logging")
+SECTIONS = ("model", "server", "performance", "distributed", "logging")
 """Sections in the order the template presents them (most edited first)."""
 
 

@@ -139,6 +139,26 @@ class PerformanceSettings(_Section):
         return Path(self.prefix_cache_dir).expanduser() if self.prefix_cache_dir else prefix_cache_dir()
 
 
+class DistributedSettings(_Section):
+    """One model across several machines (mx.distributed), when started under `mlx.launch`."""
+
+    backend: Literal["auto", "ring", "jaccl", "nccl", "mpi"] = "auto"
+    """The MLX backend joining the ranks: "auto" takes the one `mlx.launch` set up (ring over
+    TCP or Thunderbolt, jaccl over RDMA on Thunderbolt 5, nccl on CUDA). Started without a
+    launcher, Pensieve serves alone whatever this says. Read at start."""
+    parallel: Literal["tensor", "pipeline"] = "tensor"
+    """How the model is split: "tensor" shards every layer's attention heads and MLP across the
+    ranks (mlx-lm's `shard`; each rank holds 1/N of the weights and KV); "pipeline" gives each
+    rank a run of layers (mlx-lm's `pipeline`, for the architectures that have it). Read at start."""
+    timeout_s: float = Field(30.0, gt=0)
+    """A rank that does not finish a step (or answer the group) within this many seconds breaks
+    the group: requests in flight fail with an error that says so, /health turns unhealthy and
+    every rank exits with code 75 so its service manager restarts it. Raise it for models whose
+    prefill passes take longer. Read at start."""
+    load_timeout_s: float = Field(900.0, gt=0)
+    """The same bound while the ranks load their shares of the weights. Read at start."""
+
+
 class LoggingSettings(_Section):
     level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Least severe level written to the terminal and the log file."""
@@ -158,6 +178,7 @@ class Settings(_Section):
     server: ServerSettings = ServerSettings()
     model: ModelSettings = ModelSettings()
     performance: PerformanceSettings = PerformanceSettings()
+    distributed: DistributedSettings = DistributedSettings()
     logging: LoggingSettings = LoggingSettings()
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _config_file: Path | None = PrivateAttr(default=None)
