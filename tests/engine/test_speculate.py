@@ -19,8 +19,8 @@ from mlx_lm import load
 from mlx_lm.models.cache import make_prompt_cache
 
 from pensieve.engine import Engine
+from pensieve.engine.job import Job
 from pensieve.engine.proposers import DraftModel
-from pensieve.engine.scheduler import Job
 from pensieve.engine.speculate import SpeculationConfig
 from pensieve.modelmgr.synthetic import make_random_model
 from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams

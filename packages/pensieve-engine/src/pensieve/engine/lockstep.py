@@ -41,13 +41,13 @@ import numpy as np
 
 from pensieve.engine.channel import FinishReason
 from pensieve.engine.group import Group
+from pensieve.engine.job import Job
 from pensieve.engine.sampling import make_sampler
 from pensieve.metal import memory_stats
 from pensieve.models import SamplingParams
 
 if TYPE_CHECKING:
     from pensieve.engine.constraint import SequenceConstraint
-    from pensieve.engine.scheduler import Job
 
 MAGIC = 0x50454E53_49455645  # "PENSIEVE"
 _HEADER = 6
@@ -273,8 +273,6 @@ class Lockstep:
         return Turn(admitted, cancelled, decision.shutdown)
 
     def _replica(self, admission: Admission) -> Job:
-        from pensieve.engine.scheduler import Job
-
         sampling = admission.sampling
         return Job(
             prompt=admission.prompt,
