@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from mlx_lm import load
 
-from pensieve.engine import Engine, EngineConfig
+from pensieve.engine import Engine
 from pensieve.engine.kv_budget import STEP, KVBudget, KVCost, Occupancy
 from pensieve.modelmgr.facts import model_facts
 from pensieve.modelmgr.sources import source_from_path
 from pensieve.modelmgr.synthetic import make_random_model
-from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams, TextDelta
+from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams
+from tests.engine.conftest import answer as whole_answer
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +29,8 @@ def long_model(long_dir: Path):
 
 
 @pytest.fixture
-def engines():
-    made: list[Engine] = []
-
-    def make(model, tokenizer, **config) -> Engine:
-        engine = Engine(model, tokenizer, name="m", context_length=16384, config=EngineConfig(**config))
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine.close()
+def engines(make_engine):
+    return lambda model, tokenizer, **config: make_engine(model, tokenizer, name="m", context_length=16384, **config)
 
 
 def ask(text: str, max_tokens: int) -> ChatRequest:
@@ -48,14 +40,7 @@ def ask(text: str, max_tokens: int) -> ChatRequest:
 
 async def answer(engine: Engine, request: ChatRequest, delay: float = 0.0) -> tuple[str, Finished]:
     await asyncio.sleep(delay)
-    text, finished = "", None
-    async for event in engine.generate(request):
-        if isinstance(event, TextDelta):
-            text += event.text
-        elif isinstance(event, Finished):
-            finished = event
-    assert finished is not None
-    return text, finished
+    return await whole_answer(engine, request)
 
 
 def test_the_arithmetic_follows_mlx_lm_caches() -> None:
