@@ -20,7 +20,7 @@ from aiohttp import web
 
 from pensieve.engine import Generation
 from pensieve.models import Finished
-from pensieve.server.keys import FINISHED, REQUEST_ID
+from pensieve.server.keys import BODY, FINISHED, REQUEST_ID
 
 RECENT = 50
 """Finished requests kept for the diagnostic dump."""
@@ -140,11 +140,11 @@ def summarize(
 
 
 def requested_model(request: web.Request) -> str | None:
-    """The `model` a generation request asked for, from the body aiohttp already read and cached.
+    """The `model` a generation request asked for, from the body its handler read (`BODY`).
 
     Only called after a generation finished, so the body was read by the handler.
     """
-    raw = getattr(request, "_read_bytes", None)
+    raw = request.get(BODY)
     if not raw:
         return None
     try:
