@@ -1,7 +1,7 @@
 """Seeded JSON schemas for the structured-output tests: varied, real, and small enough to decode.
 
 Every kind of constraint a client sends shows up (nested objects, enums, arrays, required and
-optional fields, string formats, `anyOf`, number ranges, patterns), with lengths bounded so the
+optional fields, string formats, `anyOf`, number ranges and steps, patterns), with lengths bounded so the
 embedded model on a 2-core CPU finishes each answer in a few dozen tokens.
 """
 
@@ -13,6 +13,11 @@ from typing import Any
 WORDS = ["city", "name", "size", "color", "count", "owner", "label", "level", "mode", "score", "note", "kind", "date", "mail", "code"]
 FORMATS = ["date", "time", "email"]
 """Short ones: a uuid alone is 36 characters, a minute of decoding on a busy 2-core CPU."""
+NUMBER_STEP = 0.25
+"""JSON numbers have no length limit, and a 135M model left a free fraction sometimes writes
+digits until max_tokens (`12.1234567…`; about one answer in twenty). A `multipleOf` bounds them
+in the grammar; a quarter is exact in binary, so `jsonschema`'s float division checks it
+without rounding error."""
 
 
 def _leaf(rng: random.Random, depth: int) -> dict[str, Any]:
@@ -24,8 +29,8 @@ def _leaf(rng: random.Random, depth: int) -> dict[str, Any]:
     if kind == "integer":
         low = rng.randint(-50, 50)
         return {"type": "integer", "minimum": low, "maximum": low + rng.randint(1, 99)}
-    if kind == "number":
-        return {"type": "number", "minimum": 0, "maximum": 100}
+    if kind == "number":  # a step bounds the digits too, as maxLength bounds a string (see NUMBER_STEP)
+        return {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": NUMBER_STEP}
     if kind == "boolean":
         return {"type": "boolean"}
     if kind == "enum":
