@@ -21,7 +21,11 @@ import mlx.core as mx
 
 from pensieve.engine import Engine, EngineConfig
 from pensieve.engine.quantized_cache import make_cache
+from pensieve.metal import device_info
+from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model
+from pensieve.metal.memory import memory_budget_bytes
 from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams
+from pensieve.utils.blas import openblas_loaded
 
 WIDTHS: tuple[int | None, ...] = (None, 8, 4)
 
@@ -32,10 +36,22 @@ def load(spec: str) -> tuple[Any, Any]:
         from pensieve.modelmgr.gguf import load_gguf
 
         model, tokenizer, _ = load_gguf(embedded_model_path())
-        return model, tokenizer
-    from mlx_lm import load as mlx_load
+    else:
+        from mlx_lm import load as mlx_load
 
-    return mlx_load(spec)[:2]
+        model, tokenizer = mlx_load(spec)[:2]
+    as_served(model)
+    return model, tokenizer
+
+
+def as_served(model: Any) -> None:
+    """Unpack the weights where `pensieve start` would (`metal/layout.py`: float32 on a Linux CPU
+    with OpenBLAS preloaded), so the speed columns are the server's. Run it under
+    `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0` on Linux, as the server runs itself;
+    without it MLX's reference BLAS and its quantized CPU kernels are several times slower."""
+    backend = device_info().backend
+    if choose_layout(model, memory_budget_bytes(), "auto", backend, openblas_loaded()) == "dequantized":
+        dequantize_model(model, UNPACKED_DTYPE[backend])
 
 
 def teacher_forced_logits(model: Any, prompt: list[int], tokens: list[int], bits: int | None) -> mx.array:
@@ -108,9 +124,14 @@ def main() -> None:
     args = parser.parse_args()
     n, decode_tokens, prompt_words = (32, 16, 200) if args.quick else (args.tokens, 128, 1000)
     model, tokenizer = load(args.model)
-    print(f"MLX {mx.__version__} on {mx.default_device()}; model {args.model}")
+    print(f"MLX {mx.__version__} on {mx.default_device()}; model {args.model}; OpenBLAS {openblas_loaded()}", flush=True)
+    started = time.perf_counter()
     scores = quality(model, tokenizer, n)
-    rows = [(bits, scores[bits], asyncio.run(speed(model, tokenizer, bits, decode_tokens, prompt_words))) for bits in WIDTHS]
+    print(f"quality over {n} tokens: {time.perf_counter() - started:.0f} s", flush=True)
+    rows = []
+    for bits in WIDTHS:
+        rows.append((bits, scores[bits], asyncio.run(speed(model, tokenizer, bits, decode_tokens, prompt_words))))
+        print(f"speed, {bits or 'unquantized'} KV: done at {time.perf_counter() - started:.0f} s", flush=True)
     print(f"\n| KV cache | max abs logit diff | mean abs logit diff | greedy agreement ({n} tokens) "
           "| prefill tok/s | decode tok/s | 5 streams tok/s |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
