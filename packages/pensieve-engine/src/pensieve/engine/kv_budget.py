@@ -105,12 +105,12 @@ class KVBudget:
             total += self.cost.bytes(occupancy.filling)
         return total
 
-    def admits(self, occupancy: Occupancy, tokens: int, held_elsewhere: int = 0) -> bool:
+    def admits(self, occupancy: Occupancy, tokens: int) -> bool:
         """Whether a newcomer of `tokens` prompt tokens may start now.
 
         It is prefilled alone and then joins the batch, so both its own cache and the batch it
-        will make (every row padded to the longest, each with room to grow) must fit, beside
-        `held_elsewhere` bytes that cannot be given back (the prefix cache can, so it is not).
+        will make (every row padded to the longest, each with room to grow) must fit. The prefix
+        cache is not counted: it gives its memory back before a live sequence goes short.
         """
         if occupancy.solo is None and not occupancy.batch and occupancy.filling is None:
             return True  # alone: the plan guarantees one full window fits
@@ -118,7 +118,7 @@ class KVBudget:
             return False  # one prefill at a time
         rows = [*occupancy.batch, *([occupancy.solo] if occupancy.solo is not None else []), tokens]
         joined = self.batch_bytes([n + HEADROOM_TOKENS for n in rows])
-        return joined + self.cost.bytes(tokens) + held_elsewhere <= self.capacity
+        return joined + self.cost.bytes(tokens) <= self.capacity
 
     def overrun(self, occupancy: Occupancy, held_elsewhere: int = 0) -> int:
         """Bytes by which the next step would exceed the capacity (0 if it fits)."""

@@ -230,9 +230,8 @@ class Scheduler:
             arrived, self._inbox = self._inbox, []
             cancels, self._cancels = self._cancels, []
             closing = self._closing
-        if idle and not self._idle_cleared:
-            mx.clear_cache()
-            self._idle_cleared = True
+        if idle:
+            self._clear_buffers_once()
         if idle and not lockstep.leads:
             time.sleep(lockstep.pause_s)
         turn = lockstep.turn(arrived, cancels, closing)
@@ -250,9 +249,7 @@ class Scheduler:
         """
         release = self._config.idle_release_s
         idle = time.monotonic() - self._idle_since
-        if not self._idle_cleared:
-            mx.clear_cache()
-            self._idle_cleared = True
+        self._clear_buffers_once()
         if release <= 0 or idle >= release:
             self._wake.wait()
             return
@@ -260,6 +257,12 @@ class Scheduler:
             logger.info("{}: idle for {:g}s, releasing {} MB of prefix cache", self._name, release, self._prefix.nbytes >> 20)
             self._prefix.clear()
             mx.clear_cache()
+
+    def _clear_buffers_once(self) -> None:
+        """Going idle: MLX's buffer cache goes back to the machine, once per idle spell."""
+        if not self._idle_cleared:
+            mx.clear_cache()
+            self._idle_cleared = True
 
     def _release_all(self, generator: BatchGenerator) -> None:
         """Free every buffer this thread made (sequences, batch, prefix cache) before it ends.
@@ -379,16 +382,17 @@ class Scheduler:
         if self.budget is None:
             return
         self.held_bytes = self.budget.held(self._occupancy())
-        held = self._prefix.nbytes if self._prefix is not None else 0
-        over = self.budget.overrun(self._occupancy(), held)
+        while self._overrun_after_eviction(self.budget) and len(self._jobs()) > 1:
+            self._preempt(generator)
+
+    def _overrun_after_eviction(self, budget: KVBudget) -> int:
+        """Bytes the next step would still overrun the budget by once the prefix cache gave back
+        what it could (a preempted sequence's cache lands there, so this runs after each)."""
+        over = budget.overrun(self._occupancy(), self.prefix_bytes)
         if over and self._prefix is not None:
             self._prefix.evict(over)
-            over = self.budget.overrun(self._occupancy(), self._prefix.nbytes)
-        while over and len(self._jobs()) > 1:
-            self._preempt(generator)
-            if self._prefix is not None:
-                self._prefix.evict(self.budget.overrun(self._occupancy(), self._prefix.nbytes))
-            over = self.budget.overrun(self._occupancy(), self._prefix.nbytes if self._prefix is not None else 0)
+            over = budget.overrun(self._occupancy(), self._prefix.nbytes)
+        return over
 
     def _preempt(self, generator: BatchGenerator) -> None:
         """Stop the newest sequence and put it first in line; its KV cache goes to the prefix cache."""
