@@ -22,7 +22,7 @@ import mlx.core as mx
 from pensieve.engine import Engine, EngineConfig
 from pensieve.engine.quantized_cache import make_cache
 from pensieve.metal import device_info
-from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model
+from pensieve.metal.layout import apply_layout, choose_layout
 from pensieve.metal.memory import memory_budget_bytes
 from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams
 from pensieve.utils.blas import openblas_loaded
@@ -30,7 +30,8 @@ from pensieve.utils.blas import openblas_loaded
 WIDTHS: tuple[int | None, ...] = (None, 8, 4)
 
 
-def load(spec: str) -> tuple[Any, Any]:
+def load(spec: str) -> tuple[Any, Any, Any]:
+    """The model, its tokenizer, and the twin batches run on (None: the model itself)."""
     if spec == "embedded":
         from pensieve.modelmgr.embedded import embedded_model_path
         from pensieve.modelmgr.gguf import load_gguf
@@ -40,18 +41,17 @@ def load(spec: str) -> tuple[Any, Any]:
         from mlx_lm import load as mlx_load
 
         model, tokenizer = mlx_load(spec)[:2]
-    as_served(model)
-    return model, tokenizer
+    return model, tokenizer, as_served(model)
 
 
-def as_served(model: Any) -> None:
-    """Unpack the weights where `pensieve start` would (`metal/layout.py`: float32 on a Linux CPU
-    with OpenBLAS preloaded), so the speed columns are the server's. Run it under
+def as_served(model: Any) -> Any:
+    """Lay the weights out as `pensieve start` would (`metal/layout.py`: float32 on a Linux CPU
+    with OpenBLAS preloaded, a bfloat16 twin for batches on CUDA), so the speed columns are the
+    server's; returns the batch twin, if any. Run it under
     `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0` on Linux, as the server runs itself;
     without it MLX's reference BLAS and its quantized CPU kernels are several times slower."""
     backend = device_info().backend
-    if choose_layout(model, memory_budget_bytes(), "auto", backend, openblas_loaded()) == "dequantized":
-        dequantize_model(model, UNPACKED_DTYPE[backend])
+    return apply_layout(model, choose_layout(model, memory_budget_bytes(), "auto", backend, openblas_loaded()), backend)
 
 
 def teacher_forced_logits(model: Any, prompt: list[int], tokens: list[int], bits: int | None) -> mx.array:
@@ -97,10 +97,10 @@ async def finish(engine: Engine, req: ChatRequest) -> Finished:
     raise RuntimeError("no Finished event")
 
 
-async def speed(model: Any, tokenizer: Any, bits: int | None, decode_tokens: int, prompt_words: int) -> tuple[float, float, float]:
+async def speed(model: Any, tokenizer: Any, twin: Any, bits: int | None, decode_tokens: int, prompt_words: int) -> tuple[float, float, float]:
     """(prefill tokens/s, single-stream decode tokens/s, aggregate tokens/s at 5 streams)."""
     engine = Engine(model, tokenizer, name="m", context_length=32768,
-                    config=EngineConfig(kv_bits=bits, prefix_cache_bytes=0))  # fmt: skip
+                    config=EngineConfig(kv_bits=bits, prefix_cache_bytes=0), batch_model=twin)  # fmt: skip
     try:
         await finish(engine, request("warm up " * 40, 8))
         long = request(" ".join(f"word{i}" for i in range(prompt_words)), 1)
@@ -123,14 +123,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer tokens, to check the script runs")
     args = parser.parse_args()
     n, decode_tokens, prompt_words = (32, 16, 200) if args.quick else (args.tokens, 128, 1000)
-    model, tokenizer = load(args.model)
+    model, tokenizer, twin = load(args.model)
     print(f"MLX {mx.__version__} on {mx.default_device()}; model {args.model}; OpenBLAS {openblas_loaded()}", flush=True)
     started = time.perf_counter()
     scores = quality(model, tokenizer, n)
     print(f"quality over {n} tokens: {time.perf_counter() - started:.0f} s", flush=True)
     rows = []
     for bits in WIDTHS:
-        rows.append((bits, scores[bits], asyncio.run(speed(model, tokenizer, bits, decode_tokens, prompt_words))))
+        rows.append((bits, scores[bits], asyncio.run(speed(model, tokenizer, twin, bits, decode_tokens, prompt_words))))
         print(f"speed, {bits or 'unquantized'} KV: done at {time.perf_counter() - started:.0f} s", flush=True)
     print(f"\n| KV cache | max abs logit diff | mean abs logit diff | greedy agreement ({n} tokens) "
           "| prefill tok/s | decode tok/s | 5 streams tok/s |")  # fmt: skip

@@ -67,6 +67,17 @@ def choose_layout(model: nn.Module, budget_bytes: int, strategy: str, backend: s
     return "both" if backend == "cuda" else "dequantized"
 
 
+def apply_layout(model: nn.Module, layout: str, backend: str) -> nn.Module | None:
+    """Lay `model` out as `choose_layout` decided: unpacked in place (`dequantized`), or kept and
+    given an unpacked twin for batches (`both`, returned); None when there is no twin."""
+    dtype = UNPACKED_DTYPE[backend]
+    if layout == "dequantized":
+        dequantize_model(model, dtype)
+    elif layout == "both":
+        return unpacked_copy(model, dtype)
+    return None
+
+
 def unpacked_copy(model: nn.Module, dtype: mx.Dtype) -> nn.Module:
     """A dequantized twin of `model`; the original keeps its packed weights."""
     twin = copy.deepcopy(model)

@@ -32,7 +32,7 @@ from mlx.utils import tree_flatten
 from pensieve.engine import DraftModel, Engine, EngineConfig, SpeculationConfig
 from pensieve.engine.disk_cache import DiskTier
 from pensieve.metal import device_info, memory_stats
-from pensieve.metal.layout import UNPACKED_DTYPE, choose_layout, dequantize_model, unpacked_copy
+from pensieve.metal.layout import UNPACKED_DTYPE, apply_layout, choose_layout
 from pensieve.modelmgr.catalog import (
     budget_bytes,
     describe_source,
@@ -296,15 +296,11 @@ class ModelPool:
         backend = device_info().backend
         strategy = self.settings.performance.weights_layout
         layout = choose_layout(loaded.model, self.budget_bytes, strategy, backend, openblas_loaded())
-        dtype = UNPACKED_DTYPE[backend]
-        if layout == "dequantized":
-            dequantize_model(loaded.model, dtype)
-            loaded.layout = f"dequantized ({dtype})"
-        elif layout == "both":
-            loaded.batch_model = unpacked_copy(loaded.model, dtype)
-            loaded.layout = f"as stored for one sequence, {dtype} for batches"
-        else:
+        if layout not in ("dequantized", "both"):
             return
+        loaded.batch_model = apply_layout(loaded.model, layout, backend)
+        dtype = UNPACKED_DTYPE[backend]
+        loaded.layout = f"dequantized ({dtype})" if layout == "dequantized" else f"as stored for one sequence, {dtype} for batches"
         models = [loaded.model] + ([loaded.batch_model] if loaded.batch_model is not None else [])
         loaded.weight_bytes = sum(v.nbytes for m in models for _, v in tree_flatten(m.parameters()))
         logger.info("{}: weights {} on the {} backend ({:.0f} MB)",
