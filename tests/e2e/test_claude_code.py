@@ -165,7 +165,9 @@ def test_print_mode_answers_with_the_models_text(claude: Path, workdir: Path, ti
     finally:
         engine.sampler_for = original
     assert done.returncode == 0, done.stderr + done.stdout
-    assert ("HEAD", "/") in [(e["method"], e["path"]) for e in tiny.exchanges]
+    # Claude Code up to 2.1.197 (what npm installs on node 20) probes HEAD / before its first
+    # request; 2.1.332 (the native build) does not. A probe, when sent, is answered 200.
+    assert all(e["status"] == 200 for e in tiny.exchanges if (e["method"], e["path"]) == ("HEAD", "/"))
     posts = tiny.posts()
     assert all(p["status"] == 200 for p in posts)
     main = main_request(posts)
@@ -280,7 +282,7 @@ def test_the_8k_model_answers_prompt_is_too_long(claude: Path, workdir: Path, em
     post = main_request(embedded.posts())
     assert post["status"] == 400 and post["response"]["error"]["type"] == "invalid_request_error"
     match = re.fullmatch(r"prompt is too long: (\d+) tokens > 8192 maximum", post["response"]["error"]["message"])
-    assert match and int(match[1]) > 15_000
+    assert match and int(match[1]) > 12_000  # system prompt and tools: 12.9k tokens from 2.1.332, 21k from 2.1.197
     # Claude Code parsed the numbers out of the message, and says so instead of retrying.
     assert done.returncode != 0
     said = done.stdout + done.stderr
