@@ -4,6 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PACKAGES := utils models metal engine modelmgr server cli
 CLAUDE_CODE := .cache/claude-code
+# The tests run the newest Claude Code, as users do: its native build for this platform, which
+# needs no Node.js of its own (npm's `@anthropic-ai/claude-code` on node 20 resolves an older one).
+CLAUDE_PLATFORM := $(shell uname -s | tr A-Z a-z)-$(shell uname -m | sed 's/x86_64/x64/;s/aarch64/arm64/')
+CLAUDE_BIN := $(CLAUDE_CODE)/node_modules/@anthropic-ai/claude-code-$(CLAUDE_PLATFORM)/claude
 # uv installs the workspace from uv.lock. An uv on PATH is used (pyproject.toml's
 # required-version says if it is too old); without one, make installs uv itself from PyPI into
 # .cache/uv (a venv of its own), so a fresh machine needs only python3 and make. CI passes
@@ -40,13 +44,13 @@ lock: | $(UV) ## Update uv.lock after a change to a pyproject.toml
 run: install ## Set up and start the server on the embedded model (http://127.0.0.1:8000)
 	$(BIN)/pensieve start
 
-$(CLAUDE_CODE)/node_modules/.bin/claude:
-	@command -v npm >/dev/null || { echo "npm is needed for the Claude Code tests: install Node.js 18+"; exit 1; }
-	npm install --silent --no-fund --no-audit --prefix $(CLAUDE_CODE) @anthropic-ai/claude-code
+$(CLAUDE_BIN):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch Claude Code for the tests: install Node.js 18+"; exit 1; }
+	npm install --silent --no-fund --no-audit --prefix $(CLAUDE_CODE) @anthropic-ai/claude-code-$(CLAUDE_PLATFORM)@latest
 
-test: install check-deps $(CLAUDE_CODE)/node_modules/.bin/claude ## Set up and run lint-imports, the dependency check and the whole test suite
+test: install check-deps $(CLAUDE_BIN) ## Set up and run lint-imports, the dependency check and the whole test suite
 	$(BIN)/lint-imports
-	PENSIEVE_CLAUDE=$(abspath $(CLAUDE_CODE))/node_modules/.bin/claude $(BIN)/pytest
+	PENSIEVE_CLAUDE=$(abspath $(CLAUDE_BIN)) $(BIN)/pytest
 
 test-fast: install ## Unit tests only (no end-to-end suites)
 	$(BIN)/pytest tests --ignore=tests/e2e

@@ -14,7 +14,7 @@ Random weights say nothing useful, so the output is steered through the engine's
 `sampler_for` hook: for the plain answer, the model's own greedy choice among word tokens for
 a few tokens, then end-of-sequence; for the tool round trip, the exact tokens of a tool call, then of a final
 answer. Every forward pass, the parsing, the SSE encoding and Claude Code running the tool are
-real. The binary comes from `make test` (`PENSIEVE_CLAUDE`) or `.cache/claude-code`.
+real. The binary comes from `make test` (`PENSIEVE_CLAUDE`: the newest native build) or `.cache/claude-code`.
 """
 
 from __future__ import annotations
@@ -82,9 +82,11 @@ class RecordingServer(ServerThread):
 
 @pytest.fixture(scope="module")
 def claude() -> Path:
-    path = Path(os.environ.get("PENSIEVE_CLAUDE") or REPO / ".cache/claude-code/node_modules/.bin/claude")
-    if not path.exists():
-        pytest.fail(f"Claude Code is not installed at {path}: run `make test`, or `npm install --prefix .cache/claude-code @anthropic-ai/claude-code`")
+    installed = sorted((REPO / ".cache/claude-code/node_modules/@anthropic-ai").glob("claude-code-*/claude"))
+    path = Path(os.environ.get("PENSIEVE_CLAUDE") or (installed[0] if installed else ".cache/claude-code"))
+    if not path.is_file():
+        pytest.fail(f"Claude Code is not installed at {path}: run `make test`, which fetches its native build "
+                    "(`npm install --prefix .cache/claude-code @anthropic-ai/claude-code-linux-x64`)")  # fmt: skip
     return path
 
 
