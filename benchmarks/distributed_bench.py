@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from pensieve.cli.bench.harness import (
 )
 
 WORDS = ["river", "stone", "maple", "cloud", "amber", "delta", "orbit", "piano", "lemon", "tiger"]
-BIN = Path(sys.executable).parent
+LAUNCH = "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"
 
 
 def text(n: int, seed: int) -> str:
@@ -73,13 +72,15 @@ class Launched(ServerProcess):
 
 
 def servers(model: str, backend: str, workdir: Path) -> list[ServerProcess]:
-    launch = [str(BIN / "mlx.launch"), "-n", "2", "--backend", backend]
+    # mlx.launch as a module call and Pensieve's CLI as `-m`: the GPU machine installs the
+    # packages onto PYTHONPATH, without console scripts.
+    launch = [sys.executable, "-c", LAUNCH, "-n", "2", "--backend", backend]
     if backend == "ring":
         launch += ["--starting-port", str(free_port())]
     alone = pensieve_server(model, free_port(), workdir / "home-alone", concurrency=5)
     alone.env["CUDA_VISIBLE_DEVICES"] = "0"
     port = free_port()
-    group = Launched("pensieve, 2 ranks", [*launch, str(BIN / "pensieve"), "start", "--model", model, "--port", str(port)], port,
+    group = Launched("pensieve, 2 ranks", [*launch, sys.executable, "-m", "pensieve.cli", "start", "--model", model, "--port", str(port)], port,
                      {**pensieve_server(model, port, workdir / "home-group", concurrency=5).env})  # fmt: skip
     port = free_port()
     mlx_lm = Launched("mlx_lm.server, 2 ranks", [*launch, sys.executable, "-m", "mlx_lm", "server", "--model", model,
@@ -151,18 +152,6 @@ def report(results: dict[str, dict[str, Any]], prompt_tokens: int) -> str:
     return "\n".join(lines)
 
 
-def prepare(preset: str, bits: int | None, workdir: Path) -> Path:
-    import mlx.core as mx
-
-    from pensieve.modelmgr.synthetic import make_random_model
-
-    out = workdir / f"{preset}-{bits or 'f'}"
-    if not (out / "config.json").exists():
-        started = time.perf_counter()
-        make_random_model(out, preset, bits=bits, dtype=mx.bfloat16 if bits else mx.float32)
-        print(f"built {out} in {time.perf_counter() - started:.0f}s", flush=True)
-    return out
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -181,7 +170,7 @@ def main() -> None:
     keep, _ = os.pipe()
     os.dup2(keep, 0)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pensieve-distributed-"))
-    model = str(prepare(args.preset, args.bits, workdir))
+    model = str(harness.random_model(args.preset, args.bits, workdir))
     harness.MODEL_NAME = model  # mlx_lm.server loads the model a request names
     results: dict[str, dict[str, Any]] = {}
     for server in servers(model, args.backend, workdir):

@@ -116,19 +116,6 @@ def run(server: ServerProcess, workdir: Path, convs: list[list[dict[str, str]]],
         server.stop()
 
 
-def prepare(preset: str, bits: int | None, workdir: Path) -> Path:
-    import mlx.core as mx
-
-    from pensieve.modelmgr.synthetic import make_random_model
-
-    out = workdir / f"{preset}-{bits or 'f'}"
-    if (out / "config.json").exists():
-        return out
-    started = time.perf_counter()
-    make_random_model(out, preset, bits=bits, dtype=mx.bfloat16 if bits else mx.float32)
-    print(f"built {out} in {time.perf_counter() - started:.0f}s", flush=True)
-    return out
-
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     rows = [
@@ -169,7 +156,7 @@ def main() -> None:
     if args.quick:
         args.preset, args.bits, args.budget_gb, args.prompt_tokens, args.max_tokens = "tiny-llama", None, 2.0, 600, 8
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pensieve-long-"))
-    model = str(prepare(args.preset, args.bits, workdir))
+    model = str(harness.random_model(args.preset, args.bits, workdir))
     harness.MODEL_NAME = model  # mlx_lm.server loads the model a request names
     convs = conversations(args.prompt_tokens)
     results: dict[str, dict[str, Any]] = {}

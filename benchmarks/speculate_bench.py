@@ -225,7 +225,7 @@ def main() -> None:
             if args.only != "embedded" and not (path / "config.json").is_file():
                 from pensieve.modelmgr.synthetic import make_random_model
 
-                make_random_model(path, sizes.synthetic, seed=0, bits=bits, dtype=mx.bfloat16)
+                make_random_model(path, sizes.synthetic, seed=0, bits=bits, dtype=mx.bfloat16, never_end=True)
         print(f"models ready in {time.perf_counter() - started:.0f}s", flush=True)
         home = work / "home"
         real = [code_edit(sizes), prose("(b) free prose", sizes)]

@@ -95,7 +95,7 @@ async def main() -> None:
     tokens = args.tokens or (48 if args.quick else 256)
     with tempfile.TemporaryDirectory() as tmp:
         preset, bits = ("tiny-llama", None) if args.quick else ("phi3-mini", 4)
-        model, tokenizer = load(str(make_random_model(Path(tmp) / preset, preset, bits=bits)))
+        model, tokenizer = load(str(make_random_model(Path(tmp) / preset, preset, bits=bits, never_end=True)))
     engine = Engine(model, tokenizer, name="bench", context_length=4096, config=EngineConfig(max_concurrent_requests=5))
     await engine.warmup()
     for mode in ("free", "json", "tools"):  # compile the grammars and the mask kernels

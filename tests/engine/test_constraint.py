@@ -181,12 +181,16 @@ def test_a_thinking_prompt_stays_free_until_the_reasoning_closes(grammars: Gramm
     assert constraint.accepts_eos
 
 
-def test_rewind_returns_to_the_tokens_a_sequence_kept(grammars: Grammars, tokenizer: TokenizerWrapper) -> None:
-    """A failed batched step may have advanced the grammar past what the sequence kept."""
-    constraint = grammars.constraint(plan(chat(tools=[WEATHER], tool_choice="any"), GENERIC).lark)  # type: ignore[union-attr]
-    kept = walk(constraint, tokenizer, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "')
+@pytest.mark.parametrize("tool_choice", ["any", "auto"])
+def test_rewind_returns_to_the_tokens_a_sequence_kept(tool_choice: str, grammars: Grammars, tokenizer: TokenizerWrapper) -> None:
+    """A failed batched step may have advanced the grammar past what the sequence kept, and a
+    verification pass looks ahead and back (`masks_along`): both roll the matcher back, which
+    llguidance refuses for `stop=` lexemes, so the free text before a call uses `suffix=`."""
+    constraint = grammars.constraint(plan(chat(tools=[WEATHER], tool_choice=tool_choice), GENERIC).lark)  # type: ignore[union-attr]
+    kept = walk(constraint, tokenizer, ("Let me see. " if tool_choice == "auto" else "") + '<tool_call>\n{"name": "get_weather", "arguments": {"city": "')
     walk(constraint, tokenizer, "Bergen")
     constraint.rewind(len(kept))
     assert constraint.consumed == len(kept)
+    assert constraint.masks_along(tokenizer.encode("Oslo")) is not None
     walk(constraint, tokenizer, 'Oslo", "unit": "c"}}\n</tool_call>')
     assert constraint.accepts_eos

@@ -23,7 +23,14 @@ from pensieve.engine.job import Job
 from pensieve.engine.proposers import DraftModel
 from pensieve.engine.speculate import SpeculationConfig
 from pensieve.modelmgr.synthetic import make_random_model
-from pensieve.models import ChatMessage, ChatRequest, Finished, SamplingParams
+from pensieve.models import (
+    ChatMessage,
+    ChatRequest,
+    Finished,
+    ResponseFormat,
+    SamplingParams,
+    ToolSpec,
+)
 from tests.engine.conftest import answer
 
 OFF = SpeculationConfig(mode="off")
@@ -235,3 +242,33 @@ async def test_the_embedded_model_copying_code_gives_the_same_answer_faster_per_
     assert fast.finished.stop_reason == "end_turn" and "def scale(values, factor):" in fast.text
     assert fast.figures["speculation_accepted"] >= 8
     assert fast.figures["tokens_per_pass"] > 1.2
+
+
+NOTE = {
+    "type": "object",
+    "properties": {"text": {"type": "string"}, "count": {"type": "integer"}},
+    "required": ["text", "count"],
+    "additionalProperties": False,
+}
+SHAPES = {
+    "json answer": {"response_format": ResponseFormat(json_schema=NOTE)},
+    "forced call": {"tools": [ToolSpec(name="note", parameters=NOTE)], "tool_choice": "note"},
+    "auto": {"tools": [ToolSpec(name="note", parameters=NOTE)]},
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+async def test_constrained_answers_are_token_for_token_those_of_plain_decoding(shape: str, tiny, quantized_draft, make_engine) -> None:
+    """Under a grammar only the drafts it accepts are verified, each row masked as a plain step
+    would be: greedy and seeded answers are unchanged, and the random model's runs of one
+    token (inside a JSON string, or in free text before any call) are still accepted."""
+    model, tokenizer = tiny
+    engines = [make_engine(model, tokenizer), make_engine(model, tokenizer, draft=quantized_draft)]
+    off = make_engine(model, tokenizer, speculation=OFF)
+    requests = [ask(p, 64).model_copy(update=SHAPES[shape]) for p in PROMPTS]
+    requests += [ask(p, 64, temperature=0.7, top_k=8, seed=i).model_copy(update=SHAPES[shape]) for i, p in enumerate(PROMPTS)]
+    plain = [await run(off, r) for r in requests]
+    for engine in engines:
+        fast = [await run(engine, r) for r in requests]
+        assert [r.outcome for r in fast] == [r.outcome for r in plain]
+        assert 0 < accepted(fast) < proposed(fast)

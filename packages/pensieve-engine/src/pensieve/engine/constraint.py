@@ -29,13 +29,14 @@ from pensieve.utils.logging import logger
 
 
 def apply_bitmask(logits: mx.array, words: np.ndarray) -> mx.array:
-    """`logits` (1, vocab) with every token whose bit is clear in `words` set to -inf."""
+    """`logits` (rows, vocab) with every token whose bit is clear in `words` (rows, words, or
+    one row for all) set to -inf."""
     shifts = mx.arange(32, dtype=mx.uint32)  # made here: MLX arrays belong to their thread's stream
-    bits = (mx.array(words.view(np.uint32))[:, None] >> shifts) & 1
-    allowed = bits.reshape(1, -1)
+    packed = mx.array(np.atleast_2d(words).view(np.uint32))
+    allowed = ((packed[:, :, None] >> shifts) & 1).reshape(packed.shape[0], -1)
     width = logits.shape[-1]
     if allowed.shape[-1] < width:  # the model's output layer is padded past the vocabulary
-        allowed = mx.concatenate([allowed, mx.zeros((1, width - allowed.shape[-1]), dtype=allowed.dtype)], axis=-1)
+        allowed = mx.concatenate([allowed, mx.zeros((allowed.shape[0], width - allowed.shape[-1]), dtype=allowed.dtype)], axis=-1)
     return mx.where(allowed[:, :width].astype(mx.bool_), logits, -mx.inf)
 
 
@@ -62,6 +63,26 @@ class SequenceConstraint:
             self._words.view(np.uint32)[0, self._eos // 32] = 1 << (self._eos % 32)
         words = self._words[0]
         return None if np.array_equal(words, self._free) else words
+
+    def admissible(self, drafts: list[int]) -> list[int]:
+        """The longest prefix of proposed tokens that the grammar accepts from here."""
+        return [] if self._matcher.is_stopped() else drafts[: self._matcher.validate_tokens(drafts)]
+
+    def masks_along(self, drafts: list[int]) -> np.ndarray | None:
+        """The masks of a verification pass over [last token, *drafts] (admissible drafts),
+        one row per position, or None when every row is free text. The matcher ends where it
+        started: the tokens the pass keeps are `advance`d afterwards."""
+        rows: list[np.ndarray | None] = []
+        for i in range(len(drafts) + 1):
+            if i:
+                self._matcher.consume_token(drafts[i - 1])
+            words = self.mask()
+            rows.append(None if words is None else words.copy())
+        if drafts:
+            self._matcher.rollback(len(drafts))
+        if all(row is None for row in rows):
+            return None
+        return np.stack([np.full_like(self._free, -1) if row is None else row for row in rows])
 
     def advance(self, token: int) -> None:
         if self._matcher.is_stopped():

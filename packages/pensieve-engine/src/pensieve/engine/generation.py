@@ -88,7 +88,7 @@ class Generation:
             sampling=request.sampling,
             persist=self.lasting,
             constraint=self.constraint,
-            speculation=None if self.constraint is not None else engine.speculation_for(sampler),
+            speculation=engine.speculation_for(sampler),
         )
         parser = OutputParser.for_prompt(engine.tokenizer, rendered, request)
         detok = copy.copy(engine.tokenizer.detokenizer)

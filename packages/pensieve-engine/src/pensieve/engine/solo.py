@@ -15,7 +15,10 @@ sampled. Unconstrained sequences keep the plain loop.
 With speculation (`speculate.py`) a step may instead verify several proposed tokens in one
 pass and return all it keeps. Such a step needs the last token's value before it can be built,
 so it is never queued ahead; the cache is cut back to the kept tokens before `advance()`
-returns, so `detach()` finds it in the same state as after an unpipelined plain step.
+returns, so `detach()` finds it in the same state as after an unpipelined plain step. Under a
+grammar, only the proposed tokens it accepts are verified, and each row of the pass gets the
+mask a plain step at that position would: the answer is the same token for token, and an agent
+that copies a file into a tool call under `tool_choice` auto keeps the speedup.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import trim_prompt_cache
 from mlx_lm.sample_utils import greedy_sampler
 
+from pensieve.engine.constraint import apply_bitmask
 from pensieve.engine.speculate import Speculation
 
 ONE_PASS_TOKENS = 512
@@ -122,19 +126,31 @@ class SoloSequence:
 
     def _take(self, current: mx.array, *, queue_next: bool) -> list[int]:
         self.budget -= 1
-        if self.constraint is not None:
-            return self._take_constrained(current, queue_next and self.budget > 0)
         pipelined, prompt = self._queued_ahead, not queue_next
         if self._break_next:
             queue_next = False  # a verification will follow this token: it needs its value
-        # Queue the following step before reading this token, as generate_step does, so the
-        # device never waits for Python.
-        self._next = self._forward(current, self.model) if queue_next and self.budget > 0 else None
+        more = queue_next and self.budget > 0
+        if self.constraint is None:
+            # Queue the following step before reading this token, as generate_step does, so
+            # the device never waits for Python.
+            self._next = self._forward(current, self.model) if more else None
+            if self._next is not None:
+                self.fed += 1
+                mx.async_eval(self._next)
+            token = int(current.item())
+        else:
+            # The next token's mask needs this token: queue the pass, read the token, advance
+            # the grammar and compute the mask while the pass runs, then sample.
+            logits = self._logits(current, self.model) if more else None
+            if logits is not None:
+                self.fed += 1
+                mx.async_eval(logits)
+            token = int(current.item())
+            self.constraint.advance(token)
+            self._next = self._sample(logits) if logits is not None else None
+            if self._next is not None:
+                mx.async_eval(self._next)
         self._queued_ahead = self._next is not None
-        if self._next is not None:
-            self.fed += 1
-            mx.async_eval(self._next)
-        token = int(current.item())
         self.history.append(token)
         if self._next is None:
             self.to_feed = [token]  # not in the cache yet: the next advance() feeds it
@@ -150,34 +166,28 @@ class SoloSequence:
 
         The pass writes all of them to the cache; the rejected drafts are cut back, and the
         last kept token waits in `to_feed`, as after a plain step that was not queued ahead.
+        Under a grammar only the drafts it accepts are verified, and each row of the pass is
+        masked as a plain step there would be (the masks computed while the pass runs).
         """
         assert self.speculation is not None
+        if self.constraint is not None:
+            drafts = mx.array(self.constraint.admissible(drafts.tolist()), dtype=mx.uint32)
         inputs = mx.concatenate([mx.array(self.to_feed, dtype=mx.uint32), drafts])
         logits = self.prefill_model(inputs[None], cache=self.cache)[0]
+        if self.constraint is not None:
+            mx.async_eval(logits)
+            masks = self.constraint.masks_along(drafts.tolist())
+            logits = logits if masks is None else apply_bitmask(logits, masks)
         tokens = self.speculation.accept(logits, drafts)
         trim_prompt_cache(self.cache, len(inputs) - len(tokens))
         self.history.extend(tokens)
         self.budget -= len(tokens)
         self.fed = len(self.history) - 1
         self.to_feed = [tokens[-1]]
+        if self.constraint is not None:
+            for token in tokens:
+                self.constraint.advance(token)
         return tokens
-
-    def _take_constrained(self, current: mx.array, more: bool) -> list[int]:
-        """As `_take`, but the next token's mask needs this token: queue the pass, read the
-        token, advance the grammar and compute the mask while the pass runs, then sample."""
-        logits = self._logits(current, self.model) if more else None
-        if logits is not None:
-            self.fed += 1
-            mx.async_eval(logits)
-        token = int(current.item())
-        self.history.append(token)
-        self.constraint.advance(token)
-        self._next = self._sample(logits) if logits is not None else None
-        if self._next is None:
-            self.to_feed = [token]
-        else:
-            mx.async_eval(self._next)
-        return [token]
 
     def detach(self) -> tuple[list[Any], list[int]]:
         """Stop here and return (cache, tokens to feed) so the batch can carry on.

@@ -267,7 +267,8 @@ def speculation_for(
 
     Only greedy and `TokenSampler` sequences speculate: verification samples several positions
     at once, which needs a sampler that draws by position. A plain callable (a test forcing
-    tokens, a constrained decoder) keeps one call per token.
+    tokens) keeps one call per token. A grammar is no obstacle: it masks the verification's rows
+    (`solo.py`).
     """
     if config.mode == "off" or not (sampler is None or isinstance(sampler, TokenSampler)):
         return None

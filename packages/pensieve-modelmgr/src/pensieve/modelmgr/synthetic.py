@@ -124,6 +124,7 @@ def make_random_model(
     hf_format: bool = False,
     tokenizer: Any = None,
     scale: float = 1.0,
+    never_end: bool = False,
 ) -> Path:
     """Write `out_dir` (config.json, weights, tokenizer) and return it.
 
@@ -134,6 +135,11 @@ def make_random_model(
     With `hf_format`, the folder looks like an unconverted Hugging Face checkpoint instead:
     `architectures` and `torch_dtype` in the config, PyTorch's safetensors metadata, no
     mlx-lm quantization. That is what `pensieve models convert` starts from.
+
+    `never_end` zeroes the output rows of the end-of-sequence tokens: their logit is then 0
+    where the others spread both ways, so greedy decoding never ends an answer early and
+    sampling almost never does. Benchmarks that time decoding need answers that run to
+    max_tokens; a random model otherwise ends one wherever its argmax happens to be EOS.
     """
     if tokenizer is None:  # an mlx-lm TokenizerWrapper; default: the embedded model's
         tokenizer = tokenizer_wrapper_from_gguf(read_gguf(embedded_model_path())[1])
@@ -148,6 +154,9 @@ def make_random_model(
     model.set_dtype(dtype)
     if scale != 1.0:
         model.load_weights([(k, v * scale if "proj" in k else v) for k, v in tree_flatten(model.parameters())])
+    if never_end:
+        head = model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens
+        head.weight[mx.array(config["eos_token_id"])] = 0
     if bits:
         nn.quantize(model, group_size=group_size, bits=bits)
         config["quantization"] = {"group_size": group_size, "bits": bits}

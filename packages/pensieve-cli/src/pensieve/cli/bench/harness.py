@@ -197,3 +197,18 @@ async def concurrent(base_url: str, prompts: list[list[dict]], max_tokens: int) 
         wall = time.perf_counter() - start
     streams = [r for r, _ in results]
     return sum(r.tokens for r in streams) / wall, streams
+
+
+def random_model(preset: str, bits: int | None, workdir: Path) -> Path:
+    """A random-weight model of `preset`'s shape under `workdir`, built once (bfloat16 when
+    quantized), whose answers run to max_tokens (`never_end`): the benchmarks time decoding."""
+    import mlx.core as mx
+
+    from pensieve.modelmgr.synthetic import make_random_model
+
+    out = workdir / f"{preset}-{bits or 'f'}"
+    if not (out / "config.json").exists():
+        started = time.perf_counter()
+        make_random_model(out, preset, bits=bits, dtype=mx.bfloat16 if bits else mx.float32, never_end=True)
+        print(f"built {out} in {time.perf_counter() - started:.0f}s", flush=True)
+    return out
