@@ -200,21 +200,26 @@ class Sharding:
                            layout=f"{self.parallel} parallel, 1 of {group.size} shares")  # fmt: skip
 
     def _load_share(self, source: ModelSource) -> tuple[Any, Any, dict[str, Any]]:
+        """The model, lazily loaded whole, cut to this rank's share, then materialized: only the
+        share's weights are read. mlx-lm's `sharded_load` does the same, but ends in a barrier
+        on the CPU stream, which NCCL cannot run from any thread but the one that joined the
+        group (MLX's GPU streams are per thread); the group's own collective can."""
         group = self.group.mx_group
-        tensor, pipeline = (group, None) if self.parallel == "tensor" else (None, group)
-        if source.kind not in ("embedded", "gguf"):
-            from mlx_lm.utils import sharded_load
+        if source.kind in ("embedded", "gguf"):
+            from pensieve.modelmgr.gguf import load_gguf
 
-            return sharded_load(str(source.path), pipeline_group=pipeline, tensor_group=tensor, return_config=True)  # type: ignore[no-any-return]
-        from pensieve.modelmgr.gguf import load_gguf
-
-        model, tokenizer, config = load_gguf(source.path)
-        if tensor is not None:
-            model.shard(tensor)
+            model, tokenizer, config = load_gguf(source.path)
         else:
-            model.model.pipeline(pipeline)
+            from mlx_lm.utils import load_model, load_tokenizer
+
+            model, config = load_model(source.path, lazy=True, strict=False)
+            tokenizer = load_tokenizer(source.path, {"trust_remote_code": True}, eos_token_ids=config.get("eos_token_id"))
+        if self.parallel == "tensor":  # `plan` checked that the architecture splits this way
+            model.shard(group)
+        else:
+            model.model.pipeline(group)
         mx.eval(model.parameters())
-        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))  # as sharded_load ends
+        self.group.all_sum(np.zeros(1, dtype=np.int64))  # every rank holds its share
         return model, tokenizer, config
 
     def agree(self, plan: MemoryPlan) -> MemoryPlan:
