@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -112,9 +113,16 @@ def test_a_quantized_kv_cache_grows_the_window(facts: ModelFacts) -> None:
     assert windows[None] == 4096 and windows[8] >= 2 * 4096 * 0.9 and windows[4] >= 2 * windows[8] * 0.9
 
 
+def whole_groups(facts: ModelFacts) -> ModelFacts:
+    """The tiny model with heads of 64 (its own 16 hold no whole quantization group)."""
+    return replace(facts, config={**facts.config, "head_dim": 64})
+
+
 def test_auto_kv_bits_quantizes_only_when_the_window_would_not_fit(facts: ModelFacts, tmp_path: Path) -> None:
     from pensieve.modelmgr.catalog import plan_for
     from tests.support import make_settings
+
+    facts = whole_groups(facts)
 
     def planned(budget: int) -> MemoryPlan:
         return plan_for(facts, make_settings("m", tmp_path, model__memory_budget_gb=budget / 1024**3))
@@ -125,3 +133,14 @@ def test_auto_kv_bits_quantizes_only_when_the_window_would_not_fit(facts: ModelF
     squeezed = planned(tight)
     assert squeezed.kv_bits == 8 and squeezed.context_length == 32768  # 8-bit gives the whole window back
     assert _plan(facts, tight, fused_attention=False).context_length == 16384
+
+
+def test_a_kv_width_that_cannot_run_is_planned_unquantized(facts: ModelFacts, tmp_path: Path) -> None:
+    """The engine keeps a cache whose head size holds no whole groups of 64 (or that this
+    backend has no kernels for) unquantized, so the plan must not count on the smaller cache."""
+    from pensieve.modelmgr.catalog import plan_for
+    from tests.support import make_settings
+
+    settings = make_settings("m", tmp_path, performance__kv_cache_bits=8)
+    assert plan_for(whole_groups(facts), settings).kv_bits == 8
+    assert facts.head_dim == 16 and plan_for(facts, settings).kv_bits is None

@@ -108,9 +108,10 @@ class Engine:
         self.sampler_for: Callable[[ChatRequest], Sampler | None] = lambda r: make_sampler(r.sampling)
         """Builds each request's sampler; replaceable so a test can force the output tokens
         while every forward pass, parse and encode stays real."""
-        self._kv_bits = kv_bits = config.kv_bits if config.kv_bits and supports_quantized_kv(model) else None
-        if config.kv_bits and kv_bits is None:
-            logger.warning("{}: its head size does not hold whole groups of {}; the KV cache stays unquantized", name, GROUP_SIZE)
+        self._kv_bits = kv_bits = config.kv_bits if config.kv_bits and supports_quantized_kv(model, config.kv_bits) else None
+        if config.kv_bits and kv_bits is None:  # the plan (modelmgr) asked the same and planned for it
+            logger.warning("{}: a {}-bit KV cache cannot run here (its head size must hold whole groups of {}, and "
+                           "this backend needs the kernels); the KV cache stays unquantized", name, config.kv_bits, GROUP_SIZE)
         self._heads = getattr(getattr(model, "args", None), "num_attention_heads", 1) or 1
         self.disk = DiskPrefixStore.open(config.prefix_disk, make_cache(model, kv_bits), name) if config.prefix_cache_bytes > 0 else None
         """The prefix cache's disk tier, when it is on (below the memory tier) and its folder usable."""

@@ -59,6 +59,10 @@ _ADMISSION = struct.Struct("<qiiiiddqi")
 """id, prompt tokens, max tokens, lasting prefix, top_k, temperature, top_p, seed (-1: none), grammar bytes."""
 _SAMPLED = 1 << 30
 """Set in the top_k field of a sampled admission (greedy ones carry no sampling parameters)."""
+COMPILING_SEQUENCES = 4
+"""The group's first sequences (the warm-up's, `Engine.warmup`, when it is on): their passes run
+shapes for the first time, and MLX compiles kernels then (tens of seconds on CUDA), so their
+turns are bounded by `load_timeout_s` rather than `timeout_s`."""
 IDLE_TICK_S = 0.2
 """The heartbeat of an idle group (see `Lockstep.tick_s`)."""
 WAKE_MARGIN_S = 0.005
@@ -165,6 +169,8 @@ class Lockstep:
         self._tracked: weakref.WeakSet[Job] = weakref.WeakSet()
         """Rank 0: every sequence submitted and not yet let go, to fail if the group breaks."""
         self._tracked_lock = threading.Lock()
+        self._first: list[Job] = []
+        """The group's first sequences (`COMPILING_SEQUENCES`), the same on every rank."""
         self.closed = threading.Event()
         """Set once rank 0 has decided to shut down (a follower's process then ends)."""
         if group.leads:
@@ -194,7 +200,12 @@ class Lockstep:
 
     def step_guard(self) -> contextlib.AbstractContextManager[None]:
         """A generation step holds the model's own collectives: it too must end in time."""
-        return self.group.guard("a generation step")
+        return self.group.guard("a generation step", self._bound())
+
+    def _bound(self) -> float | None:
+        """The seconds a turn may take: the load bound while the first sequences compile kernels."""
+        compiling = len(self._first) < COMPILING_SEQUENCES or not all(job.finished for job in self._first)
+        return self.group.load_timeout_s if compiling else None
 
     def track(self, job: Job) -> None:
         """Rank 0: a sequence submitted to the scheduler (failed at once if the group is broken)."""
@@ -207,12 +218,12 @@ class Lockstep:
         """Exchange this turn's decision (rank 0 gives it, the others receive it) and return what to apply."""
         self._turn += 1
         try:
-            with self.group.guard("waiting for the other ranks"):
-                if self.leads:
-                    return self._lead(arrived, cancels, closing)
-                return self._follow()
+            with self.group.guard("waiting for the other ranks", self._bound()):
+                turn = self._lead(arrived, cancels, closing) if self.leads else self._follow()
         except Exception as exc:  # a collective failed: a rank is gone
             self.broken(exc)
+        self._first.extend(turn.admitted[: COMPILING_SEQUENCES - len(self._first)])
+        return turn
 
     def broken(self, exc: BaseException) -> NoReturn:
         """A step or a collective raised: on one rank only, perhaps, so the group cannot go on."""

@@ -23,17 +23,19 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
-GROUP_SIZE = 64
+from pensieve.metal import KV_GROUP_SIZE, quantized_kv_runs
+
+GROUP_SIZE = KV_GROUP_SIZE
 
 Triple = tuple[mx.array, mx.array, mx.array]
 
 
-def supports_quantized_kv(model: Any) -> bool:
-    """Quantization groups run along the head dimension, which must hold whole groups."""
+def supports_quantized_kv(model: Any, bits: int) -> bool:
+    """Whether this model's KV cache can be quantized to `bits` on this backend."""
     args = getattr(model, "args", None)
     heads = getattr(args, "num_attention_heads", None)
     head_dim = getattr(args, "head_dim", None) or (getattr(args, "hidden_size", 0) // heads if heads else 0)
-    return bool(head_dim) and head_dim % GROUP_SIZE == 0
+    return quantized_kv_runs(bits, head_dim)
 
 
 def make_cache(model: Any, bits: int | None) -> list[Any]:

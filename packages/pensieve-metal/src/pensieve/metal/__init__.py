@@ -1,6 +1,7 @@
 """MLX device choice, memory budget and figures, profiler."""
 
 from pensieve.metal.device import DeviceInfo, configure_cuda_attention, device_info
+from pensieve.metal.kernels import KV_GROUP_SIZE, quantized_kv_runs
 from pensieve.metal.memory import (
     MemoryStats,
     apply_memory_limits,
@@ -11,6 +12,7 @@ from pensieve.metal.memory import (
 from pensieve.metal.profiler import RequestProfile
 
 __all__ = [
+    "KV_GROUP_SIZE",
     "DeviceInfo",
     "MemoryStats",
     "RequestProfile",
@@ -19,5 +21,6 @@ __all__ = [
     "device_info",
     "memory_budget_bytes",
     "memory_stats",
+    "quantized_kv_runs",
     "total_system_memory",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from pensieve.metal import device_info, memory_budget_bytes
+from pensieve.metal import device_info, memory_budget_bytes, quantized_kv_runs
 from pensieve.modelmgr.embedded import EMBEDDED_NAME
 from pensieve.modelmgr.estimate import MemoryPlan, plan_memory
 from pensieve.modelmgr.facts import ModelFacts, model_facts
@@ -33,9 +33,15 @@ def plan_for(
     """The model's memory plan on this machine under `settings` (`bits` overrides the KV width).
 
     `kv_cache_bits = "auto"` keeps the cache unquantized when the model's window fits that way
-    and quantizes it to 8 bits when that gives the window (or more of it) instead.
+    and quantizes it to 8 bits when that gives the window (or more of it) instead. A width the
+    model or the backend cannot run (`quantized_kv_runs`) is planned unquantized, as the engine
+    will then run it.
     """
     chosen = settings.performance.kv_cache_bits if bits == "settings" else bits
+    if isinstance(chosen, int) and not quantized_kv_runs(chosen, facts.head_dim):
+        chosen = None  # the engine keeps such a cache unquantized (and says why): plan for that
+    if chosen == "auto" and not quantized_kv_runs(AUTO_KV_BITS, facts.head_dim):
+        chosen = None
     if chosen == "auto":
         try:
             plain = plan_for(facts, settings, name=name, bits=None, draft=draft)
