@@ -7,8 +7,9 @@ tokens that keep the output inside it. The engine's part is small and lives here
   matcher is a cheap copy of the one compiled for the first turn.
 - `SequenceConstraint` is what the compute thread sees: `mask()` for the next token, `advance()`
   with the token chosen, `accepts_eos`. Its `apply()` builds the masked logits lazily (MLX), so
-  the mask is computed on the CPU while the device runs the forward pass it will be applied to
-  (see `solo.py` and `batch_processor`).
+  on the solo path the mask is computed on the CPU while the device runs the forward pass it
+  will be applied to (`solo.py`); in a batch, while the device runs the step before's sampling
+  and the host builds the step (`batch_processor`).
 Masks travel to the device packed (one bit per token, 32 to a word) and are unpacked there.
 """
 
@@ -111,16 +112,18 @@ class SequenceConstraint:
         """A logits processor for mlx-lm's `BatchGenerator` (one per insertion into a batch).
 
         `BatchGenerator` calls it while building a step, with the tokens so far (the last one
-        being fed now) and that row's lazy logits. The forward pass is queued first, then the
-        fed token is read and the mask computed while the device works. The first call after an
-        insertion feeds a token the constraint has already seen (a prompt token, or the last
-        token of the solo path), so it does not advance.
+        being fed now, sampled by the step before) and that row's lazy logits; it queues the
+        step after the processors. So the fed token is read first: that waits for the step
+        before only. Queueing the pass first, as the solo path does, would serialize the loop
+        here, because the token is read from mlx-lm's token buffer, whose update is queued at
+        the read, behind the whole pass: the masks would wait for the pass, and the next pass
+        for the host. The first call after an insertion feeds a token the constraint has already
+        seen (a prompt token, or the last token of the solo path), so it does not advance.
         """
         fresh = True
 
         def process(tokens: mx.array, logits: mx.array) -> mx.array:
             nonlocal fresh
-            mx.async_eval(logits)
             if not fresh:
                 self.advance(int(tokens[-1].item()))
             fresh = False
