@@ -184,8 +184,9 @@ def test_a_thinking_prompt_stays_free_until_the_reasoning_closes(grammars: Gramm
 @pytest.mark.parametrize("tool_choice", ["any", "auto"])
 def test_rewind_returns_to_the_tokens_a_sequence_kept(tool_choice: str, grammars: Grammars, tokenizer: TokenizerWrapper) -> None:
     """A failed batched step may have advanced the grammar past what the sequence kept, and a
-    verification pass looks ahead and back (`masks_along`): both roll the matcher back, which
-    llguidance refuses for `stop=` lexemes, so the free text before a call uses `suffix=`."""
+    verification pass looks ahead (`masks_along`). Neither rolls the matcher back (llguidance
+    cannot for the `stop=` lexeme of the free text before a call): a fresh copy re-reads the
+    kept tokens, and the look-ahead runs on a copy."""
     constraint = grammars.constraint(plan(chat(tools=[WEATHER], tool_choice=tool_choice), GENERIC).lark)  # type: ignore[union-attr]
     kept = walk(constraint, tokenizer, ("Let me see. " if tool_choice == "auto" else "") + '<tool_call>\n{"name": "get_weather", "arguments": {"city": "')
     walk(constraint, tokenizer, "Bergen")

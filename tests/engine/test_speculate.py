@@ -272,3 +272,23 @@ async def test_constrained_answers_are_token_for_token_those_of_plain_decoding(s
         fast = [await run(engine, r) for r in requests]
         assert [r.outcome for r in fast] == [r.outcome for r in plain]
         assert 0 < accepted(fast) < proposed(fast)
+
+
+async def test_the_embedded_model_with_tools_under_auto_answers_as_without_speculation(make_engine) -> None:
+    """Claude Code's shape: tools under `tool_choice` auto, so the free text before any call is
+    constrained too. A real model's answers, greedy, are the plain ones token for token (a
+    rollback inside llguidance once made these answers empty), and prompt lookup still pays."""
+    from pensieve.modelmgr import embedded_model_path
+    from pensieve.modelmgr.gguf import load_gguf
+
+    model, tokenizer, _ = load_gguf(embedded_model_path())
+    on, off = make_engine(model, tokenizer), make_engine(model, tokenizer, speculation=OFF)
+    tools = {"tools": [ToolSpec(name="edit_file", description="Replace text in a file.", parameters={
+        "type": "object", "properties": {"path": {"type": "string"}, "old": {"type": "string"}, "new": {"type": "string"}},
+        "required": ["path", "old", "new"]})]}  # fmt: skip
+    prompts = [f"In utils.py, rename add to plus:\n```python\n{CODE}```", f"Repeat this code:\n{CODE}", "Say hello."]
+    fast = [await run(on, ask(p, 96).model_copy(update=tools)) for p in prompts]
+    plain = [await run(off, ask(p, 96).model_copy(update=tools)) for p in prompts]
+    assert [r.outcome for r in fast] == [r.outcome for r in plain]
+    assert all(len(r.tokens) > 2 for r in plain)
+    assert accepted(fast) >= 8

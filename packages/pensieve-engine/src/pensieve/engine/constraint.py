@@ -42,9 +42,17 @@ def apply_bitmask(logits: mx.array, words: np.ndarray) -> mx.array:
 
 
 class SequenceConstraint:
-    """One sequence's position in its grammar; touched by the compute thread only."""
+    """One sequence's position in its grammar; touched by the compute thread only.
 
-    def __init__(self, matcher: llguidance.LLMatcher, free: np.ndarray, eos: int, grammar: str) -> None:
+    It never rolls its matcher back. llguidance cannot roll back `stop=` lexemes (the free text
+    before a tool call is one), and with the `suffix=` ones that it can, a rollback followed by
+    a mask made it panic (2026-11-30, the embedded model under `tool_choice` auto), poisoning
+    state that every copy of the compiled grammar shares. Looking ahead uses a copy of the
+    matcher; going back re-reads the kept tokens into a fresh one.
+    """
+
+    def __init__(self, matcher: llguidance.LLMatcher, free: np.ndarray, eos: int, grammar: str, *,
+                 fresh: Callable[[], llguidance.LLMatcher], broken: Callable[[], None]) -> None:  # fmt: skip
         self._matcher = matcher
         self.grammar = grammar
         """The Lark text it follows (the other ranks of a group compile it too: lockstep.py)."""
@@ -52,14 +60,26 @@ class SequenceConstraint:
         """The mask of free text (every token but the special ones): no need to apply it."""
         self._words = np.empty((1, free.size), dtype=np.int32)
         self._eos = eos
-        self.consumed = 0
-        """Generated tokens the matcher has consumed (none after it stopped: only EOS follows)."""
+        self._fresh = fresh
+        """A new matcher at the grammar's start (for `rewind`)."""
+        self._broken = broken
+        """Called when the matcher fails: the compiled grammar it was copied from is dropped."""
+        self._tokens: list[int] = []
+        """The generated tokens the matcher has consumed (none after it stopped: only EOS follows)."""
+
+    @property
+    def consumed(self) -> int:
+        return len(self._tokens)
 
     def mask(self) -> np.ndarray | None:
         """Packed mask of the tokens allowed next, or None when every token is (free text)."""
-        llnp.fill_next_token_bitmask(self._matcher, self._words)
-        if self._matcher.is_error():  # a bug, not the model's fault: only let the sequence end
-            logger.error("grammar matcher failed: {}", self._matcher.get_error())
+        return self._mask_of(self._matcher)
+
+    def _mask_of(self, matcher: llguidance.LLMatcher) -> np.ndarray | None:
+        llnp.fill_next_token_bitmask(matcher, self._words)
+        if matcher.is_error():  # a bug, not the model's fault: only let the sequence end
+            logger.error("grammar matcher failed: {}", matcher.get_error())
+            self._broken()
             self._words[:] = 0
             self._words.view(np.uint32)[0, self._eos // 32] = 1 << (self._eos % 32)
         words = self._words[0]
@@ -71,16 +91,15 @@ class SequenceConstraint:
 
     def masks_along(self, drafts: list[int]) -> np.ndarray | None:
         """The masks of a verification pass over [last token, *drafts] (admissible drafts),
-        one row per position, or None when every row is free text. The matcher ends where it
-        started: the tokens the pass keeps are `advance`d afterwards."""
+        one row per position, or None when every row is free text. Computed on a copy: the
+        tokens the pass keeps are `advance`d afterwards."""
+        ahead = self._matcher.deep_copy() if drafts else self._matcher
         rows: list[np.ndarray | None] = []
         for i in range(len(drafts) + 1):
             if i:
-                self._matcher.consume_token(drafts[i - 1])
-            words = self.mask()
+                ahead.consume_token(drafts[i - 1])
+            words = self._mask_of(ahead)
             rows.append(None if words is None else words.copy())
-        if drafts:
-            self._matcher.rollback(len(drafts))
         if all(row is None for row in rows):
             return None
         return np.stack([np.full_like(self._free, -1) if row is None else row for row in rows])
@@ -89,7 +108,7 @@ class SequenceConstraint:
         if self._matcher.is_stopped():
             return
         if self._matcher.consume_token(token):
-            self.consumed += 1
+            self._tokens.append(token)
         else:
             logger.error("grammar matcher refused token {}: {}", token, self._matcher.get_error())
 
@@ -97,8 +116,10 @@ class SequenceConstraint:
         """Back to `generated` tokens: a failed batched step may have advanced past the tokens
         the sequence kept, and it resumes from those."""
         if self.consumed > generated:
-            self._matcher.rollback(self.consumed - generated)
-            self.consumed = generated
+            kept, self._tokens = self._tokens[:generated], []
+            self._matcher = self._fresh()
+            for token in kept:
+                self.advance(token)
 
     @property
     def accepts_eos(self) -> bool:
@@ -159,6 +180,11 @@ class Grammars:
 
     def constraint(self, lark: str) -> SequenceConstraint:
         """A fresh matcher for `lark` (compiled once, then copied); a 400 if it does not compile."""
+        matcher = self._copy(lark)
+        return SequenceConstraint(matcher, self._free, min(self._tokenizer.eos_token_ids), lark,  # type: ignore[arg-type]
+                                  fresh=lambda: self._copy(lark), broken=lambda: self._forget(lark))  # fmt: skip
+
+    def _copy(self, lark: str) -> llguidance.LLMatcher:
         with self._lock:
             lltok = self._llguidance_tokenizer()
             base = self._compiled.get(lark)
@@ -175,5 +201,9 @@ class Grammars:
                     self._compiled.popitem(last=False)
             else:
                 self._compiled.move_to_end(lark)
-            matcher = base.deep_copy()
-        return SequenceConstraint(matcher, self._free, min(self._tokenizer.eos_token_ids), lark)  # type: ignore[arg-type]
+            return base.deep_copy()
+
+    def _forget(self, lark: str) -> None:
+        """Drop a compiled grammar whose copy failed: the next request compiles it anew."""
+        with self._lock:
+            self._compiled.pop(lark, None)

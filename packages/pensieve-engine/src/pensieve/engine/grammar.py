@@ -162,13 +162,13 @@ def plan(
     elif tools and markers is not None:
         more = f' ("\\n" {_lit(markers.start)} call)*' if request.parallel_tool_calls else ""
         rules.append(f"start: text_only | text call{more}")
-        rules.append(f"text[suffix={_lit(markers.start)}]: /(.|\\n)*/")
-        rules.append('text_only[suffix=""]: /(.|\\n)*/')
+        rules.append(f"text[stop={_lit(markers.start)}]: /(.|\\n)*/")
+        rules.append('text_only[stop=""]: /(.|\\n)*/')
         rules.append(f"call: \"\\n\" {_json(_call_schema(tools, strict=False))} \"\\n\" {_lit(markers.end)}")
     else:
         return None
     if thinking_end and (forced or request.response_format is not None):
-        rules.append(f"think[suffix={_lit(thinking_end)}]: /(.|\\n)*/")
+        rules.append(f"think[stop={_lit(thinking_end)}]: /(.|\\n)*/")
         rules[0] = rules[0].replace("think ", "think WS ")
         rules.append("WS: /[ \\n]{0,2}/")
     return GrammarPlan(lark="\n".join(rules) + "\n", forced_call=forced)
