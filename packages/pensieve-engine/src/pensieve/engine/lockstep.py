@@ -169,8 +169,9 @@ class Lockstep:
         self._tracked: weakref.WeakSet[Job] = weakref.WeakSet()
         """Rank 0: every sequence submitted and not yet let go, to fail if the group breaks."""
         self._tracked_lock = threading.Lock()
-        self._first: list[Job] = []
-        """The group's first sequences (`COMPILING_SEQUENCES`), the same on every rank."""
+        self._first: list[Job] | None = []
+        """The group's first sequences (`COMPILING_SEQUENCES`), the same on every rank; None
+        once they have all finished (the group is warm)."""
         self.closed = threading.Event()
         """Set once rank 0 has decided to shut down (a follower's process then ends)."""
         if group.leads:
@@ -204,8 +205,10 @@ class Lockstep:
 
     def _bound(self) -> float | None:
         """The seconds a turn may take: the load bound while the first sequences compile kernels."""
-        compiling = len(self._first) < COMPILING_SEQUENCES or not all(job.finished for job in self._first)
-        return self.group.load_timeout_s if compiling else None
+        first = self._first
+        if first is not None and len(first) == COMPILING_SEQUENCES and all(job.finished for job in first):
+            self._first = first = None
+        return None if first is None else self.group.load_timeout_s
 
     def track(self, job: Job) -> None:
         """Rank 0: a sequence submitted to the scheduler (failed at once if the group is broken)."""
@@ -222,7 +225,8 @@ class Lockstep:
                 turn = self._lead(arrived, cancels, closing) if self.leads else self._follow()
         except Exception as exc:  # a collective failed: a rank is gone
             self.broken(exc)
-        self._first.extend(turn.admitted[: COMPILING_SEQUENCES - len(self._first)])
+        if self._first is not None:
+            self._first.extend(turn.admitted[: COMPILING_SEQUENCES - len(self._first)])
         return turn
 
     def broken(self, exc: BaseException) -> NoReturn:

@@ -135,7 +135,6 @@ class SoloSequence:
             # the device never waits for Python.
             self._next = self._forward(current, self.model) if more else None
             if self._next is not None:
-                self.fed += 1
                 mx.async_eval(self._next)
             token = int(current.item())
         else:
@@ -143,7 +142,6 @@ class SoloSequence:
             # the grammar and compute the mask while the pass runs, then sample.
             logits = self._logits(current, self.model) if more else None
             if logits is not None:
-                self.fed += 1
                 mx.async_eval(logits)
             token = int(current.item())
             self.constraint.advance(token)
@@ -151,6 +149,8 @@ class SoloSequence:
             if self._next is not None:
                 mx.async_eval(self._next)
         self._queued_ahead = self._next is not None
+        if self._queued_ahead:
+            self.fed += 1  # the step queued feeds this token
         self.history.append(token)
         if self._next is None:
             self.to_feed = [token]  # not in the cache yet: the next advance() feeds it
@@ -170,13 +170,14 @@ class SoloSequence:
         masked as a plain step there would be (the masks computed while the pass runs).
         """
         assert self.speculation is not None
-        if self.constraint is not None:
-            drafts = mx.array(self.constraint.admissible(drafts.tolist()), dtype=mx.uint32)
+        allowed = None if self.constraint is None else self.constraint.admissible(drafts.tolist())
+        if allowed is not None:
+            drafts = mx.array(allowed, dtype=mx.uint32)
         inputs = mx.concatenate([mx.array(self.to_feed, dtype=mx.uint32), drafts])
         logits = self.prefill_model(inputs[None], cache=self.cache)[0]
-        if self.constraint is not None:
+        if allowed is not None:
             mx.async_eval(logits)
-            masks = self.constraint.masks_along(drafts.tolist())
+            masks = self.constraint.masks_along(allowed)
             logits = logits if masks is None else apply_bitmask(logits, masks)
         tokens = self.speculation.accept(logits, drafts)
         trim_prompt_cache(self.cache, len(inputs) - len(tokens))

@@ -38,10 +38,9 @@ def plan_for(
     will then run it.
     """
     chosen = settings.performance.kv_cache_bits if bits == "settings" else bits
-    if isinstance(chosen, int) and not quantized_kv_runs(chosen, facts.head_dim):
+    width = AUTO_KV_BITS if chosen == "auto" else chosen
+    if isinstance(width, int) and not quantized_kv_runs(width, facts.head_dim):
         chosen = None  # the engine keeps such a cache unquantized (and says why): plan for that
-    if chosen == "auto" and not quantized_kv_runs(AUTO_KV_BITS, facts.head_dim):
-        chosen = None
     if chosen == "auto":
         try:
             plain = plan_for(facts, settings, name=name, bits=None, draft=draft)
